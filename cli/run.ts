@@ -1,11 +1,78 @@
-export interface CliIo {
-  stdout: NodeJS.WritableStream;
-  stderr: NodeJS.WritableStream;
-  stdin: NodeJS.ReadableStream;
-  env: NodeJS.ProcessEnv;
+import { isWardError } from '../core/errors.js';
+import { EXIT_PROBLEM, EXIT_USAGE, EXIT_OK, parseCommandArgs, type CliIo, type Command } from './command.js';
+import { caCommands } from './ca.js';
+import { certCommands } from './cert.js';
+import { tokenCommands } from './token.js';
+
+export type { CliIo };
+
+const COMMANDS: Command[] = [...caCommands, ...certCommands, ...tokenCommands];
+
+const VERSION = '0.1.0';
+
+function topHelp(): string {
+  const groups = new Map<string, Command[]>();
+  for (const c of COMMANDS) {
+    const g = c.name.split(' ')[0];
+    groups.set(g, [...(groups.get(g) ?? []), c]);
+  }
+  const lines = [
+    'ward — a zero-trust, mTLS-first service mesh with its own SPIFFE certificate authority',
+    '',
+    'Usage: ward <command> [flags]      ward <command> --help for details',
+    '',
+    'Commands:',
+  ];
+  for (const cmds of groups.values()) for (const c of cmds) lines.push(`  ${c.name.padEnd(16)} ${c.summary}`);
+  lines.push('', 'Global flags:', '  -h, --help       show help', '  --version        print the version', '');
+  lines.push('Exit codes: 0 ok · 1 an error, or an inspection found a problem · 2 usage error');
+  return lines.join('\n') + '\n';
 }
 
+function groupHelp(group: string): string {
+  const cmds = COMMANDS.filter((c) => c.name.split(' ')[0] === group);
+  return [`Usage: ward ${group} <subcommand> [flags]`, '', 'Subcommands:', ...cmds.map((c) => `  ${c.name.padEnd(16)} ${c.summary}`), ''].join('\n') + '\n';
+}
+
+/** Runs the CLI; returns the exit code. Never throws for operational errors. */
 export async function run(argv: string[], io: CliIo): Promise<number> {
-  io.stdout.write('ward: usage: ward <command>\n');
-  return argv.length === 0 ? 2 : 0;
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
+    io.stdout.write(topHelp());
+    return argv.length === 0 ? EXIT_USAGE : EXIT_OK;
+  }
+  if (argv[0] === '--version' || argv[0] === 'version') {
+    io.stdout.write(`ward ${VERSION}\n`);
+    return EXIT_OK;
+  }
+  const two = argv.slice(0, 2).join(' ');
+  const cmd = COMMANDS.find((c) => c.name === two) ?? COMMANDS.find((c) => c.name === argv[0]);
+  if (!cmd) {
+    const group = COMMANDS.some((c) => c.name.startsWith(`${argv[0]} `));
+    if (group && (argv.length === 1 || argv[1] === '--help' || argv[1] === '-h')) {
+      io.stdout.write(groupHelp(argv[0]));
+      return argv.length === 1 ? EXIT_USAGE : EXIT_OK;
+    }
+    io.stderr.write(`ward: unknown command "${argv.slice(0, group ? 2 : 1).join(' ')}"\n\n${group ? groupHelp(argv[0]) : topHelp()}`);
+    return EXIT_USAGE;
+  }
+  const rest = argv.slice(cmd.name.split(' ').length);
+  if (rest.includes('--help') || rest.includes('-h')) {
+    io.stdout.write(cmd.help.endsWith('\n') ? cmd.help : cmd.help + '\n');
+    return EXIT_OK;
+  }
+  try {
+    const args = parseCommandArgs(cmd, rest);
+    return await cmd.run(args, io);
+  } catch (err) {
+    if (isWardError(err)) {
+      io.stderr.write(`ward ${cmd.name}: error[${err.code}]: ${err.message}\n`);
+      if (err.code === 'WARD_USAGE') {
+        io.stderr.write(`Run "ward ${cmd.name} --help" for usage.\n`);
+        return EXIT_USAGE;
+      }
+      return EXIT_PROBLEM;
+    }
+    io.stderr.write(`ward ${cmd.name}: unexpected error: ${(err as Error)?.stack ?? String(err)}\n`);
+    return EXIT_PROBLEM;
+  }
 }

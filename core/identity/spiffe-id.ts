@@ -29,6 +29,9 @@ function invalid(input: string, reason: string): WardError {
 export function trustDomainError(td: string): string | undefined {
   if (td.length === 0) return 'trust domain is missing';
   if (td.length > MAX_TRUST_DOMAIN_LENGTH) return `trust domain is longer than ${MAX_TRUST_DOMAIN_LENGTH} characters`;
+  // Checked before the character scan: in "user:pw@host" the ':' comes first and would
+  // otherwise be misreported as a port.
+  if (td.includes('@')) return 'trust domain must not contain userinfo';
   for (let i = 0; i < td.length; i++) {
     const c = td.charCodeAt(i);
     if (c > 255 || TD_CHAR[c] !== 1) {
@@ -112,7 +115,16 @@ export class SpiffeId {
   /** Builds an ID from a trust domain and path segments (each validated, none may contain "/"). */
   static fromSegments(trustDomain: string, ...segments: string[]): SpiffeId {
     const path = segments.map((s) => `/${s}`).join('');
-    return SpiffeId.parse(SCHEME + trustDomain + path);
+    const text = SCHEME + trustDomain + path;
+    // Parsing the joined text alone is not enough: a "/" inside the trust domain or a segment
+    // would still parse, but as a different identity than the one the caller described
+    // (workload(td, 'a/sa/b', 'c') must not yield .../ns/a/sa/b/sa/c).
+    const tdErr = trustDomainError(trustDomain);
+    if (tdErr) throw invalid(text, tdErr);
+    for (const s of segments) {
+      if (s.includes('/')) throw invalid(text, `path segment ${JSON.stringify(s.slice(0, 80))} must not contain "/"`);
+    }
+    return SpiffeId.parse(text);
   }
 
   /** `spiffe://TD/ns/NS/sa/SA` — a workload identity. */

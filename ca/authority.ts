@@ -1,0 +1,637 @@
+/**
+ * The certificate authority core: holds the CA material from the state directory, issues X.509-SVID
+ * leaves under the policy in issuance-policy.ts, records every certificate (inventory) and every
+ * decision (audit) durably, and rotates its intermediate and root without downtime (rotation.ts).
+ *
+ * It knows nothing of HTTP or of who is authorized for what: the API layer authenticates the caller,
+ * decides which identity it may have, and passes that identity to issue().
+ *
+ * Concurrency: issue() does all its checking and signing synchronously, then awaits the durable
+ * append of its records (group-committed with every other issuance in flight; see append-log.ts).
+ * The active signer is read once per issue() and swapped by a single assignment, so a rotation step
+ * never makes an issuance see half-switched state.
+ */
+import type { Logger } from '../core/logger.js';
+import type { Registry } from '../core/metrics.js';
+import { performance } from 'node:perf_hooks';
+import { access } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Clock } from '../core/clock.js';
+import { WardError, isWardError, type WardErrorCode } from '../core/errors.js';
+import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
+import { LeafSigner, TrustBundle, parseCsr, type Certificate } from '../core/pki/index.js';
+import type { TornTail } from './append-log.js';
+import { AuditLog, clip, type AuditCounts } from './audit.js';
+import { CaMetrics, refusalReason } from './ca-metrics.js';
+import { CertificateInventory } from './inventory.js';
+import { assertIssuerValid, checkCsrPolicy, leafLifetime, leafValidity, type IssuerWindow } from './issuance-policy.js';
+import {
+  DEFAULT_INTERMEDIATE_TTL_MS,
+  DEFAULT_ROOT_TTL_MS,
+  generateIssuer,
+  generateRoot,
+  issuerChainPem,
+  issuerWindow,
+  loadByoIntermediate,
+  loadByoRoot,
+  loadIssuer,
+  loadRoot,
+  saveIssuer,
+  saveRoot,
+  selfTestIssuer,
+  validateCaTtl,
+  type ByoMaterial,
+  type IssuerMaterial,
+  type RootMaterial,
+} from './material.js';
+import { CaRotation, bundleRootEntries, type CaCertSummary, type RotationHost } from './rotation.js';
+import {
+  AUDIT_FILE,
+  INVENTORY_FILE,
+  STATE_FILE,
+  ensureStateDir,
+  keyPath,
+  readState,
+  removeFileDurable,
+  stateDirMode,
+  sweepOrphans,
+  writeState,
+  type CaStateFile,
+  type StoreHooks,
+} from './store.js';
+
+export interface InitOptions extends ByoMaterial {
+  stateDir: string;
+  trustDomain: string;
+  clock: Clock;
+  /** Lifetime of Ward-generated roots (default 5 years). */
+  rootTtlMs?: number;
+  /** Lifetime of Ward-generated intermediates (default 1 year, never past the root). */
+  intermediateTtlMs?: number;
+  /** Crash injection for tests. */
+  hooks?: StoreHooks;
+}
+
+/** How the CA material came to be: all Ward's, the operator's root, or the operator's intermediate. */
+export type CaMode = 'generated' | 'byo-root' | 'byo-intermediate';
+
+export interface InitResult {
+  stateDir: string;
+  trustDomain: string;
+  mode: CaMode;
+  root: CaCertSummary;
+  issuer: CaCertSummary;
+  /** The trust bundle (the root) as PEM, to distribute to peers. */
+  bundlePem: string;
+}
+
+export interface OpenOptions {
+  stateDir: string;
+  clock: Clock;
+  logger: Logger;
+  registry: Registry;
+  /** Leaf lifetime when a request names none (default 1h; must be 5m..24h). */
+  defaultTtlMs?: number;
+  /** Newest inventory/audit records kept in memory each (default 1000). */
+  recentWindow?: number;
+  /** Bound of each durable-write queue (default 10000 records); past it issue() sheds with WARD_CA_RATE_LIMITED. */
+  maxPendingWrites?: number;
+  /** Crash injection for tests. */
+  hooks?: StoreHooks;
+}
+
+export interface IssueRequest {
+  /** PKCS#10 CSR, PEM or DER. Only its public key is used (after proof of possession). */
+  csr: string | Buffer;
+  /** The identity the caller is authorized for; it is what the certificate will carry. */
+  identity: SpiffeId | string;
+  /** Who asks (the authenticated caller), for the inventory and the audit log. */
+  requester: string;
+  /** Requested lifetime, 5m..24h (default: OpenOptions.defaultTtlMs). */
+  ttlMs?: number;
+}
+
+export interface IssueResult {
+  /** The leaf alone. */
+  certPem: string;
+  /** The leaf followed by the intermediate(s), not the root: what the holder presents in TLS. */
+  chainPem: string;
+  serialHex: string;
+  notBefore: Date;
+  notAfter: Date;
+  id: SpiffeId;
+}
+
+export interface CaCounts extends AuditCounts {
+  /** Certificates in the inventory. */
+  certificates: number;
+}
+
+/** What open() had to repair after an unclean stop. */
+export interface OpenRecovery {
+  /** Records torn by a crash mid-append and cut off (never acknowledged to a caller). */
+  tornTails: TornTail[];
+  /** Files of an interrupted step that the committed state does not reference, deleted. */
+  orphansRemoved: string[];
+}
+
+export interface CaChange {
+  bundle: TrustBundle;
+  bundleSequence: number;
+  activeIssuer: string;
+}
+
+interface ActiveIssuer {
+  fingerprint: string;
+  material: IssuerMaterial;
+  signer: LeafSigner;
+  window: IssuerWindow;
+  /** The issuer and further intermediates as PEM, appended after each leaf. */
+  chainPem: string;
+}
+
+const DEFAULT_RECENT_WINDOW = 1000;
+const DEFAULT_MAX_PENDING_WRITES = 10_000;
+
+function summary(cert: Certificate, state: CaStateFile['roots'][number]['state'], origin: 'generated' | 'byo'): CaCertSummary {
+  return { fingerprint: cert.fingerprintSha256, subject: cert.subject, notBefore: cert.notBefore, notAfter: cert.notAfter, state, origin };
+}
+
+function activate(m: IssuerMaterial): ActiveIssuer {
+  return {
+    fingerprint: m.cert.fingerprintSha256,
+    material: m,
+    signer: new LeafSigner({ cert: m.cert, key: m.key }),
+    window: issuerWindow(m),
+    chainPem: issuerChainPem(m),
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Log level per refusal: the caller's fault is routine (info); asking beyond one's authorization is
+// worth a look (warn); the CA itself unable to issue needs an operator (error).
+const REFUSAL_LEVEL: Partial<Record<WardErrorCode, 'info' | 'warn' | 'error'>> = {
+  WARD_PKI_CSR_UNAUTHORIZED: 'warn',
+  WARD_CA_FORBIDDEN: 'warn',
+  WARD_CA_ISSUER_NOT_VALID: 'error',
+  WARD_CA_RATE_LIMITED: 'warn',
+  WARD_CA_INTERNAL: 'error',
+};
+
+export class CertificateAuthority {
+  readonly trustDomain: string;
+  readonly stateDir: string;
+  /** Every issued certificate (durable, queryable). */
+  readonly inventory: CertificateInventory;
+  /** Every issuance decision (durable, queryable). */
+  readonly audit: AuditLog;
+  /** prepare / activate / retire / status; see rotation.ts. */
+  readonly rotation: CaRotation;
+  readonly recovery: OpenRecovery;
+
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #metrics: CaMetrics;
+  readonly #hooks: StoreHooks | undefined;
+  readonly #defaultTtl: number;
+  readonly #roots = new Map<string, RootMaterial>();
+  readonly #issuers = new Map<string, IssuerMaterial>();
+  readonly #listeners = new Set<(change: CaChange) => void>();
+  #state: CaStateFile;
+  #active!: ActiveIssuer;
+  #bundle!: TrustBundle;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+
+  private constructor(o: {
+    state: CaStateFile;
+    stateDir: string;
+    clock: Clock;
+    log: Logger;
+    metrics: CaMetrics;
+    hooks: StoreHooks | undefined;
+    defaultTtl: number;
+    roots: RootMaterial[];
+    issuers: IssuerMaterial[];
+    inventory: CertificateInventory;
+    audit: AuditLog;
+    recovery: OpenRecovery;
+  }) {
+    this.trustDomain = o.state.trustDomain;
+    this.stateDir = o.stateDir;
+    this.#state = o.state;
+    this.#clock = o.clock;
+    this.#log = o.log;
+    this.#metrics = o.metrics;
+    this.#hooks = o.hooks;
+    this.#defaultTtl = o.defaultTtl;
+    this.inventory = o.inventory;
+    this.audit = o.audit;
+    this.recovery = o.recovery;
+    for (const r of o.roots) this.#roots.set(r.cert.fingerprintSha256, r);
+    for (const i of o.issuers) this.#issuers.set(i.cert.fingerprintSha256, i);
+    this.#applyState();
+    this.rotation = new CaRotation(this.#rotationHost());
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // init / open
+
+  /**
+   * Creates a CA in `stateDir`: Ward-generated root (5y) and intermediate (1y), or the operator's
+   * root (+key; Ward makes the intermediate), or the operator's intermediate (+key+chain up to and
+   * including the root; Ward never has the root key, so root rotation stays the operator's job).
+   * BYO material is validated: key matches certificate (WARD_PKI_KEY_MISMATCH), ECDSA P-256
+   * (WARD_PKI_KEY_INVALID), CA with keyCertSign and a chain that verifies (WARD_PKI_CHAIN_INVALID),
+   * valid now (WARD_CA_ISSUER_NOT_VALID). Refuses a directory that already holds a CA
+   * (WARD_CA_ALREADY_INITIALIZED). Returns a summary; open() the CA to use it.
+   */
+  static async init(o: InitOptions): Promise<InitResult> {
+    const trustDomain = parseTrustDomain(o.trustDomain);
+    const rootTtl = validateCaTtl('rootTtlMs', o.rootTtlMs, DEFAULT_ROOT_TTL_MS);
+    const intTtl = validateCaTtl('intermediateTtlMs', o.intermediateTtlMs, DEFAULT_INTERMEDIATE_TTL_MS);
+    const byoRoot = o.rootCert !== undefined || o.rootKey !== undefined;
+    const byoInt = o.intermediateCert !== undefined || o.intermediateKey !== undefined || o.chain !== undefined;
+    if (byoRoot && byoInt) throw new WardError('WARD_CONFIG_INVALID', 'bring either a root (rootCert+rootKey) or an intermediate (intermediateCert+intermediateKey+chain), not both');
+    if (byoRoot && (o.rootCert === undefined || o.rootKey === undefined)) {
+      throw new WardError('WARD_CONFIG_INVALID', `${o.rootCert === undefined ? 'rootCert' : 'rootKey'} is missing: a root is brought with its certificate and key`);
+    }
+    if (byoInt) {
+      const missing = (['intermediateCert', 'intermediateKey', 'chain'] as const).filter((k) => o[k] === undefined);
+      if (missing.length > 0) throw new WardError('WARD_CONFIG_INVALID', `${missing.join(', ')} missing: an intermediate is brought with its certificate, its key and its chain up to the root`);
+    }
+    const stateDir = o.stateDir;
+    for (const f of [STATE_FILE, INVENTORY_FILE, AUDIT_FILE]) {
+      if (await exists(join(stateDir, f))) {
+        throw new WardError('WARD_CA_ALREADY_INITIALIZED', `${stateDir} already holds a CA (${f} exists); refusing to overwrite it`);
+      }
+    }
+    const now = o.clock.now();
+    let root: RootMaterial;
+    let issuer: IssuerMaterial;
+    let mode: CaMode;
+    if (byoRoot) {
+      root = loadByoRoot(o.rootCert!, o.rootKey!, trustDomain, now);
+      issuer = generateIssuer(root, trustDomain, now, intTtl);
+      mode = 'byo-root';
+    } else if (byoInt) {
+      issuer = loadByoIntermediate(o.intermediateCert!, o.intermediateKey!, o.chain!, trustDomain, now);
+      root = { cert: issuer.root, origin: 'byo' };
+      mode = 'byo-intermediate';
+    } else {
+      root = generateRoot(trustDomain, now, rootTtl);
+      issuer = generateIssuer(root, trustDomain, now, intTtl);
+      mode = 'generated';
+    }
+    const bundle = new TrustBundle(trustDomain, [root.cert]);
+    await selfTestIssuer(issuer, bundle, now);
+
+    await ensureStateDir(stateDir);
+    // No ca.json: anything of ours in here is the debris of an interrupted init.
+    await sweepOrphans(stateDir, undefined);
+    await saveRoot(stateDir, root, o.hooks);
+    await saveIssuer(stateDir, issuer, o.hooks);
+    const at = new Date(now).toISOString();
+    const state: CaStateFile = {
+      version: 1,
+      trustDomain,
+      createdAt: at,
+      rootTtlMs: rootTtl,
+      intermediateTtlMs: intTtl,
+      bundleSequence: 1,
+      roots: [{ fingerprint: root.cert.fingerprintSha256, state: 'active', origin: root.origin, hasKey: !!root.key, addedAt: at }],
+      issuers: [{ fingerprint: issuer.cert.fingerprintSha256, root: root.cert.fingerprintSha256, state: 'active', origin: issuer.origin, addedAt: at, activatedAt: at }],
+      rotation: null,
+    };
+    // Re-checked at the commit point, so two concurrent inits cannot both succeed silently.
+    if (await exists(join(stateDir, STATE_FILE))) throw new WardError('WARD_CA_ALREADY_INITIALIZED', `${stateDir} already holds a CA (${STATE_FILE} appeared during init)`);
+    await writeState(stateDir, state, o.hooks);
+    return {
+      stateDir,
+      trustDomain,
+      mode,
+      root: summary(root.cert, 'active', root.origin),
+      issuer: summary(issuer.cert, 'active', issuer.origin),
+      bundlePem: bundle.toPem(),
+    };
+  }
+
+  /**
+   * Opens the CA in `stateDir`: loads the committed state (WARD_CA_NOT_INITIALIZED when there is
+   * none), refuses key files others can access (WARD_CA_STATE_PERMISSIONS), removes the debris of an
+   * interrupted step, and replays the inventory and audit files (repairing a torn final record).
+   */
+  static async open(o: OpenOptions): Promise<CertificateAuthority> {
+    const log = o.logger.child({ component: 'ca' });
+    const defaultTtl = leafLifetime(o.defaultTtlMs);
+    const state = await readState(o.stateDir);
+    if (!state) throw new WardError('WARD_CA_NOT_INITIALIZED', `${o.stateDir} holds no CA (no ${STATE_FILE}); run \`ward ca init\``);
+    const mode = await stateDirMode(o.stateDir);
+    if (mode !== undefined && (mode & 0o077) !== 0) {
+      log.warn({ stateDir: o.stateDir, mode: mode.toString(8) }, 'CA state directory is accessible by other users; chmod 700 it');
+    }
+    const orphansRemoved = await sweepOrphans(o.stateDir, state);
+    if (orphansRemoved.length > 0) log.warn({ files: orphansRemoved }, 'removed files left by an interrupted CA step');
+
+    const roots: RootMaterial[] = [];
+    const rootByFp = new Map<string, RootMaterial>();
+    for (const e of state.roots) {
+      if (e.state === 'retired') continue;
+      const r = await loadRoot(o.stateDir, e);
+      roots.push(r);
+      rootByFp.set(e.fingerprint, r);
+    }
+    const issuers: IssuerMaterial[] = [];
+    for (const e of state.issuers) {
+      if (e.state === 'retired') continue;
+      const root = rootByFp.get(e.root);
+      if (!root) throw new WardError('WARD_CA_STATE_CORRUPT', `${join(o.stateDir, STATE_FILE)}: issuer ${e.fingerprint} chains to root ${e.root}, which is retired or missing`);
+      issuers.push(await loadIssuer(o.stateDir, e, root.cert));
+    }
+
+    const logOptions = {
+      recentWindow: o.recentWindow ?? DEFAULT_RECENT_WINDOW,
+      maxPending: o.maxPendingWrites ?? DEFAULT_MAX_PENDING_WRITES,
+      hooks: o.hooks,
+    };
+    if (!Number.isInteger(logOptions.recentWindow) || logOptions.recentWindow < 1) throw new WardError('WARD_CONFIG_INVALID', `recentWindow must be a positive integer, got ${String(o.recentWindow)}`);
+    if (!Number.isInteger(logOptions.maxPending) || logOptions.maxPending < 1) throw new WardError('WARD_CONFIG_INVALID', `maxPendingWrites must be a positive integer, got ${String(o.maxPendingWrites)}`);
+    const inventory = await CertificateInventory.open(o.stateDir, logOptions);
+    let audit: AuditLog;
+    try {
+      audit = await AuditLog.open(o.stateDir, logOptions);
+    } catch (err) {
+      await inventory.close();
+      throw err;
+    }
+    const tornTails = [inventory.torn, audit.torn].filter((t): t is TornTail => t !== undefined);
+    for (const t of tornTails) log.warn({ file: t.file, offset: t.offset, bytes: t.bytes }, 'cut off a record torn by a crash mid-append (it was never acknowledged)');
+
+    const ca = new CertificateAuthority({
+      state,
+      stateDir: o.stateDir,
+      clock: o.clock,
+      log,
+      metrics: new CaMetrics(o.registry),
+      hooks: o.hooks,
+      defaultTtl,
+      roots,
+      issuers,
+      inventory,
+      audit,
+      recovery: { tornTails, orphansRemoved },
+    });
+    const w = ca.#active.window;
+    const now = o.clock.now();
+    if (now < w.validFrom || now > w.validUntil) log.error({ validFrom: new Date(w.validFrom).toISOString(), validUntil: new Date(w.validUntil).toISOString() }, 'the active issuing CA is not valid now; issuance will be refused');
+    log.info({ trustDomain: ca.trustDomain, mode: ca.mode, issuer: ca.#active.fingerprint, rotation: state.rotation?.phase ?? 'idle' }, 'CA opened');
+    return ca;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // state
+
+  /** Rebuilds everything derived from #state and the loaded material. */
+  #applyState(): void {
+    const activeEntry = this.#state.issuers.find((i) => i.state === 'active')!;
+    if (this.#active?.fingerprint !== activeEntry.fingerprint) {
+      const m = this.#issuers.get(activeEntry.fingerprint);
+      if (!m) throw new Error(`BUG: active issuer ${activeEntry.fingerprint} not loaded`);
+      // One assignment: issue() reads #active once, so it sees the old or the new issuer, whole.
+      this.#active = activate(m);
+    }
+    const roots = bundleRootEntries(this.#state).map((e) => {
+      const r = this.#roots.get(e.fingerprint);
+      if (!r) throw new Error(`BUG: root ${e.fingerprint} not loaded`);
+      return r.cert;
+    });
+    this.#bundle = new TrustBundle(this.trustDomain, roots);
+    this.#metrics.setExpiries([
+      ...roots.map((c) => ({ kind: 'root' as const, fingerprint: c.fingerprintSha256, notAfter: c.notAfter })),
+      ...this.#state.issuers
+        .filter((i) => i.state !== 'retired')
+        .map((i) => ({ kind: 'intermediate' as const, fingerprint: i.fingerprint, notAfter: this.#issuers.get(i.fingerprint)!.cert.notAfter })),
+    ]);
+  }
+
+  async #commit(next: CaStateFile, added: { roots: RootMaterial[]; issuers: IssuerMaterial[] }): Promise<void> {
+    await writeState(this.stateDir, next, this.#hooks);
+    const prev = this.#state;
+    this.#state = next;
+    for (const r of added.roots) this.#roots.set(r.cert.fingerprintSha256, r);
+    for (const i of added.issuers) this.#issuers.set(i.cert.fingerprintSha256, i);
+    const retiredKeys: string[] = [];
+    for (const e of next.roots) {
+      if (e.state === 'retired' && this.#roots.delete(e.fingerprint) && e.hasKey) retiredKeys.push(e.fingerprint);
+    }
+    for (const e of next.issuers) {
+      if (e.state === 'retired' && this.#issuers.delete(e.fingerprint)) retiredKeys.push(e.fingerprint);
+    }
+    this.#applyState();
+    // After the commit: a crash before these deletions leaves keys that open() sweeps as orphans.
+    for (const fp of retiredKeys) await removeFileDurable(keyPath(this.stateDir, fp), this.#hooks);
+    if (next.bundleSequence !== prev.bundleSequence || next.issuers.find((i) => i.state === 'active')!.fingerprint !== prev.issuers.find((i) => i.state === 'active')!.fingerprint) {
+      const change: CaChange = { bundle: this.#bundle, bundleSequence: next.bundleSequence, activeIssuer: this.#active.fingerprint };
+      for (const l of this.#listeners) {
+        try {
+          l(change);
+        } catch (err) {
+          this.#log.error({ err }, 'CA change listener threw');
+        }
+      }
+    }
+  }
+
+  #rotationHost(): RotationHost {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const ca = this;
+    return {
+      stateDir: this.stateDir,
+      trustDomain: this.trustDomain,
+      clock: this.#clock,
+      log: this.#log.child({ component: 'ca.rotation' }),
+      hooks: this.#hooks,
+      assertOpen: () => ca.#assertOpen(),
+      state: () => ca.#state,
+      root: (fp) => ca.#roots.get(fp),
+      issuer: (fp) => ca.#issuers.get(fp),
+      bundle: () => ca.#bundle,
+      leafHorizon: (fp) => ca.inventory.leafHorizon(fp),
+      commit: (next, added) => ca.#commit(next, added),
+    };
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new WardError('WARD_CA_INTERNAL', 'the CA is closed');
+  }
+
+  /** How the current root came to be. */
+  get mode(): CaMode {
+    const root = this.#state.roots.find((r) => r.state === 'active')!;
+    if (root.origin === 'generated') return 'generated';
+    return root.hasKey ? 'byo-root' : 'byo-intermediate';
+  }
+
+  /** The roots peers must trust: during a root rotation, old and new. */
+  bundle(): TrustBundle {
+    return this.#bundle;
+  }
+
+  /** Increases whenever the bundle's set of roots changes (for SPIFFE bundle `spiffe_sequence`). */
+  get bundleSequence(): number {
+    return this.#state.bundleSequence;
+  }
+
+  /** The intermediate signing now, and the chain a leaf's holder presents after the leaf. */
+  activeIssuer(): { cert: Certificate; chain: Certificate[] } {
+    const m = this.#active.material;
+    return { cert: m.cert, chain: [m.cert, ...m.chain] };
+  }
+
+  /** Called after each committed change of the bundle or of the active issuer. Returns an unsubscribe. */
+  onChange(listener: (change: CaChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  counts(): CaCounts {
+    return { ...this.audit.counts(), certificates: this.inventory.counts().total };
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // issuance
+
+  /**
+   * Issues a leaf for `identity` (see the policy in issuance-policy.ts) and resolves once its
+   * inventory and audit records are durable. A refusal throws its WardError after the refusal is
+   * durably audited. Exceptions: WARD_CA_RATE_LIMITED (write queue full) is shed before any work and
+   * not audited; a failure of the durable write itself is WARD_CA_INTERNAL and the certificate is
+   * not returned.
+   */
+  async issue(r: IssueRequest): Promise<IssueResult> {
+    // Wall-clock duration for the histogram only; decisions use the injected clock.
+    const started = performance.now();
+    this.#assertOpen();
+    const now = this.#clock.now();
+    const requester = typeof r.requester === 'string' ? clip(r.requester) : '';
+    const identityText = clip(String(r.identity));
+    const active = this.#active;
+    let id: SpiffeId;
+    let leaf;
+    try {
+      if (!this.inventory.hasRoom() || !this.audit.hasRoom()) {
+        throw new WardError('WARD_CA_RATE_LIMITED', 'the CA is overloaded: the durable-write queue is full; retry later');
+      }
+      if (typeof r.requester !== 'string' || r.requester === '') throw new WardError('WARD_CA_REQUEST_INVALID', 'requester must be a non-empty string');
+      id = typeof r.identity === 'string' ? SpiffeId.parse(r.identity) : r.identity;
+      if (!(id instanceof SpiffeId)) throw new WardError('WARD_ID_INVALID', 'identity must be a SPIFFE ID');
+      if (!id.memberOf(this.trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is not in trust domain ${this.trustDomain}`);
+      if (id.path === '') throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is the trust domain itself; a workload identity needs a path`);
+      const ttl = leafLifetime(r.ttlMs, this.#defaultTtl);
+      assertIssuerValid(active.window, now);
+      const csr = parseCsr(r.csr);
+      checkCsrPolicy(csr, id);
+      const { notBefore, notAfter } = leafValidity(now, ttl, active.window);
+      leaf = active.signer.sign({ publicKeyDer: csr.publicKeyDer, id, notBefore, notAfter });
+    } catch (err) {
+      throw await this.#refuse(err, { requester, identity: identityText, now, started });
+    }
+
+    const serial = leaf.serialHex;
+    const issuedAt = new Date(now).toISOString();
+    const durable = Promise.all([
+      this.inventory.record(
+        {
+          serial,
+          identity: identityText,
+          requester,
+          notBefore: leaf.notBefore.toISOString(),
+          notAfter: leaf.notAfter.toISOString(),
+          issuedAt,
+          issuer: active.fingerprint,
+        },
+        leaf.notAfter.getTime(),
+      ),
+      this.audit.record({ time: issuedAt, decision: 'issued', requester, identity: identityText, serial }),
+    ]);
+    try {
+      await durable;
+    } catch (err) {
+      const reason = refusalReason(isWardError(err) ? err.code : undefined);
+      this.#metrics.refused.inc({ reason });
+      this.#metrics.duration.observe((performance.now() - started) / 1000);
+      this.#log.error({ err, serial, identity: identityText, requester }, 'certificate signed but its records could not be made durable; not returned');
+      if (isWardError(err, 'WARD_CA_RATE_LIMITED')) throw err;
+      throw new WardError('WARD_CA_INTERNAL', 'the CA could not record the certificate durably', { cause: err });
+    }
+    this.#metrics.issued.inc();
+    this.#metrics.duration.observe((performance.now() - started) / 1000);
+    if (this.#log.isLevelEnabled('debug')) {
+      this.#log.debug({ serial, identity: identityText, requester, notAfter: leaf.notAfter.toISOString(), issuer: active.fingerprint }, 'certificate issued');
+    }
+    const certPem = leaf.pem();
+    return {
+      certPem,
+      chainPem: (certPem.endsWith('\n') ? certPem : `${certPem}\n`) + active.chainPem,
+      serialHex: serial,
+      notBefore: leaf.notBefore,
+      notAfter: leaf.notAfter,
+      id: id!,
+    };
+  }
+
+  /** Records, counts and logs a refusal; returns the error to throw. */
+  async #refuse(err: unknown, o: { requester: string; identity: string; now: number; started: number }): Promise<WardError> {
+    let refusal: WardError;
+    if (isWardError(err)) {
+      refusal = err;
+    } else {
+      this.#log.error({ err, identity: o.identity, requester: o.requester }, 'unexpected failure while issuing');
+      refusal = new WardError('WARD_CA_INTERNAL', 'the CA failed unexpectedly while issuing', { cause: err });
+    }
+    const reason = refusalReason(refusal.code);
+    this.#metrics.refused.inc({ reason });
+    const level = REFUSAL_LEVEL[refusal.code] ?? 'info';
+    this.#log[level]({ code: refusal.code, reason: refusal.message, identity: o.identity, requester: o.requester }, 'certificate refused');
+    // A shed request is not a decision about the caller, and the queue it would go to is full.
+    if (refusal.code !== 'WARD_CA_RATE_LIMITED') {
+      try {
+        await this.audit.record({
+          time: new Date(o.now).toISOString(),
+          decision: 'refused',
+          requester: o.requester,
+          identity: o.identity,
+          code: refusal.code,
+          reason: clip(refusal.message),
+        });
+      } catch (auditErr) {
+        this.#log.error({ err: auditErr, code: refusal.code }, 'could not audit a refusal durably');
+      }
+    }
+    this.#metrics.duration.observe((performance.now() - o.started) / 1000);
+    return refusal;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // lifecycle
+
+  /** Stops issuing, waits for a running rotation step, makes pending records durable. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      this.#closed = true;
+      await this.rotation.idle();
+      await Promise.all([this.inventory.close(), this.audit.close()]);
+      this.#listeners.clear();
+      this.#log.info('CA closed');
+    })();
+    return this.#closing;
+  }
+}

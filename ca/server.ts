@@ -1,0 +1,384 @@
+/**
+ * The CA's network face.
+ *
+ * Mesh API (HTTPS, TLS 1.3 only, client certificates requested but optional at the TLS layer):
+ *   GET  /v1/health        public  — liveness + active issuer summary
+ *   GET  /v1/bundle        public  — trust bundle, PEM (or SPIFFE JWKS with `Accept: application/json`
+ *                                    or /v1/bundle.jwks)
+ *   POST /v1/join          join token — {token, csr} → node SVID spiffe://TD/ward/node/<node of token>
+ *   POST /v1/issue         node SVID  — {csr, identity?, ttl?} → SVID for the node itself (renewal) or
+ *                                    for a workload identity the WorkloadAuthorizer allows on that node
+ * Client certificates are optional at the TLS layer only because a joining node has none yet; every
+ * authenticated route requires socket.authorized (OpenSSL path validation against the bundle) AND the
+ * X.509-SVID rules (peerIdentity). The server itself presents spiffe://TD/ward/ca.
+ *
+ * Admin API (plain HTTP, loopback only): /healthz, /metrics, /v1/status (what `ward ca inspect
+ * --server` shows). It never listens on a non-loopback address.
+ *
+ * Errors: a JSON body {error: {code, message}} with the generic description of the code; the detail
+ * goes to the log only (internal detail never reaches a response).
+ */
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { isIP } from 'node:net';
+import { once } from 'node:events';
+import { Counter, type Registry } from 'prom-client';
+import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core/errors.js';
+import { parseDuration, type Clock } from '../core/clock.js';
+import type { Logger } from '../core/logger.js';
+import { SpiffeId } from '../core/identity/index.js';
+import { PrivateKey } from '../core/pki/keys.js';
+import { createCsr } from '../core/pki/csr.js';
+import { meshServerOptions, peerIdentity, type Credentials } from '../core/tls/index.js';
+import { RateLimiter } from '../core/rate-limit.js';
+import type { CertificateAuthority } from './authority.js';
+import type { JoinTokens } from './tokens.js';
+
+/** Decides which workload identities a node may obtain. The discovery pool supplies the real one. */
+export interface WorkloadAuthorizer {
+  mayObtain(node: SpiffeId, identity: SpiffeId): boolean | Promise<boolean>;
+}
+
+export interface CaServerLimits {
+  /** Largest accepted request body. CSRs are a few hundred bytes; anything near this is hostile. */
+  maxBodyBytes: number;
+  maxHeaderBytes: number;
+  /** Whole-request deadline (slow bodies are cut off). */
+  requestTimeoutMs: number;
+  headersTimeoutMs: number;
+  maxConnections: number;
+  /** Per authenticated node, and per source address for unauthenticated routes. */
+  perClientPerSecond: number;
+  perClientBurst: number;
+  /** Lifetime of the server's own certificate; renewed at half of it. */
+  serverCertTtlMs: number;
+}
+
+export const DEFAULT_LIMITS: CaServerLimits = {
+  maxBodyBytes: 32 * 1024,
+  maxHeaderBytes: 16 * 1024,
+  requestTimeoutMs: 10_000,
+  headersTimeoutMs: 5_000,
+  maxConnections: 4096,
+  perClientPerSecond: 50,
+  perClientBurst: 100,
+  serverCertTtlMs: 24 * 3_600_000,
+};
+
+/** The SPIFFE ID the CA server presents; clients pin it (secure naming). */
+export function caServerId(trustDomain: string): SpiffeId {
+  return SpiffeId.fromSegments(trustDomain, 'ward', 'ca');
+}
+
+const STATUS_BY_CODE: Partial<Record<WardErrorCode, number>> = {
+  WARD_CA_REQUEST_INVALID: 400,
+  WARD_PKI_CSR_INVALID: 400,
+  WARD_PKI_PEM_INVALID: 400,
+  WARD_ID_INVALID: 400,
+  WARD_CA_LIFETIME_INVALID: 400,
+  WARD_CA_REQUEST_TOO_LARGE: 413,
+  WARD_PKI_CSR_TOO_LARGE: 413,
+  WARD_CA_UNAUTHENTICATED: 401,
+  WARD_CA_TOKEN_INVALID: 401,
+  WARD_PKI_SVID_INVALID: 401,
+  WARD_PKI_CHAIN_INVALID: 401,
+  WARD_CA_FORBIDDEN: 403,
+  WARD_PKI_CSR_UNAUTHORIZED: 403,
+  WARD_CA_RATE_LIMITED: 429,
+  WARD_CA_NOT_FOUND: 404,
+  WARD_CA_ISSUER_NOT_VALID: 503,
+};
+
+type Route = 'health' | 'bundle' | 'join' | 'issue' | 'unknown';
+
+export interface CaServerOptions {
+  ca: CertificateAuthority;
+  tokens: JoinTokens;
+  authorizer: WorkloadAuthorizer;
+  clock: Clock;
+  logger: Logger;
+  registry: Registry;
+  limits?: Partial<CaServerLimits>;
+  /** What the admin /v1/status route returns (the same report as `ward ca inspect --state`). */
+  status?: () => Promise<unknown>;
+}
+
+export class CaServer {
+  readonly #o: CaServerOptions;
+  readonly #limits: CaServerLimits;
+  readonly #log: Logger;
+  readonly #limiter: RateLimiter;
+  readonly #requests: Counter<'route' | 'code'>;
+  #server?: HttpsServer;
+  #admin?: HttpServer;
+  #renewTimer?: NodeJS.Timeout;
+  #closed = false;
+  #credentials?: Credentials;
+  #credentialsNotAfter = 0;
+
+  constructor(o: CaServerOptions) {
+    this.#o = o;
+    this.#limits = { ...DEFAULT_LIMITS, ...o.limits };
+    this.#log = o.logger.child({ component: 'ca.server' });
+    this.#limiter = new RateLimiter({ perSecond: this.#limits.perClientPerSecond, burst: this.#limits.perClientBurst, clock: o.clock });
+    this.#requests = new Counter({
+      name: 'ward_ca_requests_total',
+      help: 'CA API requests by route and result code (OK or a WARD_* code).',
+      labelNames: ['route', 'code'],
+      registers: [o.registry],
+    });
+  }
+
+  /** The credentials the server presents now (for tests and the admin status). */
+  get credentials(): Credentials | undefined {
+    return this.#credentials;
+  }
+
+  /**
+   * Issues the server's own certificate from the active issuer and swaps the secure context, with
+   * the current trust bundle. Call after a rotation step; existing connections keep their context.
+   */
+  async refreshCredentials(): Promise<void> {
+    const { ca } = this.#o;
+    const key = PrivateKey.generate();
+    const id = caServerId(ca.trustDomain);
+    const issued = await ca.issue({ csr: createCsr(key), identity: id, requester: 'ward-ca (self)', ttlMs: this.#limits.serverCertTtlMs });
+    this.#credentials = { id, chainPem: issued.chainPem, key, bundle: ca.bundle() };
+    this.#credentialsNotAfter = issued.notAfter.getTime();
+    if (this.#server) this.#server.setSecureContext(meshServerOptions(this.#credentials, { requireClientCert: false }));
+  }
+
+  /** Starts the mesh listener (and the admin listener when adminPort is given). */
+  async listen(o: { host: string; port: number; adminHost?: string; adminPort?: number }): Promise<{ port: number; adminPort?: number }> {
+    if (this.#closed) throw new WardError('WARD_CA_INTERNAL', 'server is closed');
+    await this.refreshCredentials();
+    const creds = this.#credentials!;
+    const server = createHttpsServer(
+      {
+        ...meshServerOptions(creds, { requireClientCert: false }),
+        maxHeaderSize: this.#limits.maxHeaderBytes,
+        requestTimeout: this.#limits.requestTimeoutMs,
+        headersTimeout: this.#limits.headersTimeoutMs,
+        keepAliveTimeout: 5_000,
+      },
+      (req, res) => void this.#handle(req, res),
+    );
+    server.maxConnections = this.#limits.maxConnections;
+    // A failed handshake is the client's problem; log it at debug and keep serving.
+    server.on('tlsClientError', (err) => this.#log.debug({ err: err.message }, 'TLS handshake failed'));
+    server.on('clientError', (_err, socket) => socket.destroy());
+    this.#server = server;
+    server.listen(o.port, o.host);
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    let adminPort: number | undefined;
+    if (o.adminPort !== undefined) {
+      const host = o.adminHost ?? '127.0.0.1';
+      assertLoopback(host);
+      const admin = createHttpServer({ maxHeaderSize: 8192, requestTimeout: 5_000 }, (req, res) => void this.#handleAdmin(req, res));
+      this.#admin = admin;
+      admin.listen(o.adminPort, host);
+      await once(admin, 'listening');
+      adminPort = (admin.address() as { port: number }).port;
+    }
+    this.#scheduleRenewal();
+    this.#log.info({ port, adminPort, id: creds.id.toString() }, 'CA server listening');
+    return { port, adminPort };
+  }
+
+  #scheduleRenewal(): void {
+    if (this.#closed) return;
+    // Renew at half of the remaining lifetime: the server cert can never lapse while it runs.
+    const delay = Math.max(1_000, (this.#credentialsNotAfter - this.#o.clock.now()) / 2);
+    this.#renewTimer = setTimeout(() => {
+      this.refreshCredentials().then(
+        () => this.#scheduleRenewal(),
+        (err) => {
+          this.#log.error({ err }, 'renewing the CA server certificate failed; retrying');
+          this.#renewTimer = setTimeout(() => this.#scheduleRenewal(), 30_000).unref();
+        },
+      );
+    }, Math.min(delay, 2 ** 31 - 1)).unref();
+  }
+
+  /** Stops accepting, lets in-flight requests finish up to `graceMs`, then forces. Idempotent. */
+  async close(graceMs = 5_000): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#renewTimer);
+    await Promise.all([this.#server, this.#admin].map((s) => (s ? closeServer(s, graceMs) : undefined)));
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = req.url ?? '/';
+    const path = url.split('?', 1)[0];
+    let route: Route = 'unknown';
+    try {
+      if (req.method === 'GET' && path === '/v1/health') {
+        route = 'health';
+        return this.#reply(res, route, 200, this.#health());
+      }
+      if (req.method === 'GET' && (path === '/v1/bundle' || path === '/v1/bundle.jwks')) {
+        route = 'bundle';
+        this.#limit(`addr:${req.socket.remoteAddress}`);
+        const bundle = this.#o.ca.bundle();
+        if (path === '/v1/bundle.jwks' || /application\/json/.test(req.headers.accept ?? '')) return this.#reply(res, route, 200, bundle.toJwks());
+        return this.#replyText(res, route, 200, bundle.toPem(), 'application/x-pem-file');
+      }
+      if (req.method === 'POST' && path === '/v1/join') {
+        route = 'join';
+        this.#limit(`addr:${req.socket.remoteAddress}`);
+        const body = await this.#readJson(req);
+        const token = stringField(body, 'token', 128);
+        const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
+        const nodeId = await this.#o.tokens.consume(token);
+        const issued = await this.#o.ca.issue({ csr, identity: nodeId, requester: `join-token:${nodeId.nodeName}` });
+        this.#log.info({ node: nodeId.toString(), serial: issued.serialHex }, 'node joined with a join token');
+        return this.#reply(res, route, 200, this.#issuedBody(issued));
+      }
+      if (req.method === 'POST' && path === '/v1/issue') {
+        route = 'issue';
+        const caller = this.#authenticate(req);
+        this.#limit(`id:${caller.toString()}`);
+        if (caller.nodeName === undefined) throw new WardError('WARD_CA_FORBIDDEN', `caller ${caller} is not a node proxy`);
+        const body = await this.#readJson(req);
+        const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
+        const identity = body.identity === undefined ? caller : SpiffeId.parse(stringField(body, 'identity', 2048));
+        const ttlMs = body.ttl === undefined ? undefined : parseTtl(body.ttl);
+        if (!identity.memberOf(this.#o.ca.trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `identity ${identity} is outside trust domain ${this.#o.ca.trustDomain}`);
+        if (!identity.equals(caller) && !(identity.workload && (await this.#o.authorizer.mayObtain(caller, identity)))) {
+          throw new WardError('WARD_CA_FORBIDDEN', `node ${caller} may not obtain ${identity}`);
+        }
+        const issued = await this.#o.ca.issue({ csr, identity, requester: caller.toString(), ttlMs });
+        return this.#reply(res, route, 200, this.#issuedBody(issued));
+      }
+      throw new WardError('WARD_CA_NOT_FOUND', `no route ${req.method} ${path.slice(0, 100)}`);
+    } catch (err) {
+      this.#fail(req, res, route, err);
+    }
+  }
+
+  #health(): unknown {
+    const issuer = this.#o.ca.activeIssuer().cert;
+    return { status: 'ok', trustDomain: this.#o.ca.trustDomain, activeIssuer: issuer.fingerprintSha256, issuerNotAfter: issuer.notAfter.toISOString() };
+  }
+
+  #issuedBody(issued: { chainPem: string; serialHex: string; notBefore: Date; notAfter: Date; id: SpiffeId }): unknown {
+    return {
+      id: issued.id.toString(),
+      serial: issued.serialHex,
+      notBefore: issued.notBefore.toISOString(),
+      notAfter: issued.notAfter.toISOString(),
+      certificate: issued.chainPem,
+      bundle: this.#o.ca.bundle().toPem(),
+    };
+  }
+
+  #authenticate(req: IncomingMessage): SpiffeId {
+    const id = peerIdentity(req.socket as TLSSocket, { trustDomain: this.#o.ca.trustDomain });
+    if (!id) throw new WardError('WARD_CA_UNAUTHENTICATED', 'no client certificate presented');
+    return id;
+  }
+
+  #limit(client: string): void {
+    if (!this.#limiter.take(client)) throw new WardError('WARD_CA_RATE_LIMITED', `client ${client} is over its rate limit`);
+  }
+
+  async #readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+    const max = this.#limits.maxBodyBytes;
+    const declared = Number(req.headers['content-length'] ?? NaN);
+    if (declared > max) throw new WardError('WARD_CA_REQUEST_TOO_LARGE', `declared body of ${declared} bytes exceeds ${max}`);
+    if (!/^application\/json\b/.test(req.headers['content-type'] ?? '')) {
+      throw new WardError('WARD_CA_REQUEST_INVALID', 'content-type must be application/json');
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > max) throw new WardError('WARD_CA_REQUEST_TOO_LARGE', `body exceeds ${max} bytes`);
+      chunks.push(chunk);
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch (cause) {
+      throw new WardError('WARD_CA_REQUEST_INVALID', 'body is not valid JSON', { cause });
+    }
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new WardError('WARD_CA_REQUEST_INVALID', 'body must be a JSON object');
+    return body as Record<string, unknown>;
+  }
+
+  #fail(req: IncomingMessage, res: ServerResponse, route: Route, err: unknown): void {
+    const code: WardErrorCode = isWardError(err) && STATUS_BY_CODE[err.code] ? err.code : 'WARD_CA_INTERNAL';
+    const status = STATUS_BY_CODE[code] ?? 500;
+    const detail = { route, code, remote: req.socket.remoteAddress, err: err instanceof Error ? err.message : String(err) };
+    if (status >= 500) this.#log.error({ ...detail, stack: err instanceof Error ? err.stack : undefined }, 'CA request failed');
+    else this.#log.info(detail, 'CA request refused');
+    // A body still arriving (e.g. too large) must not be read further; close after replying.
+    if (!req.complete) res.setHeader('connection', 'close');
+    this.#reply(res, route, status, { error: { code, message: ERROR_CODES[code] } }, code);
+    if (!req.complete) res.once('finish', () => req.socket.destroySoon?.());
+  }
+
+  #reply(res: ServerResponse, route: Route, status: number, body: unknown, code = 'OK'): void {
+    this.#replyText(res, route, status, JSON.stringify(body) + '\n', 'application/json', code);
+  }
+
+  #replyText(res: ServerResponse, route: Route, status: number, text: string, type: string, code = 'OK'): void {
+    this.#requests.inc({ route, code });
+    if (res.headersSent) return;
+    res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.end(text);
+  }
+
+  async #handleAdmin(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const path = (req.url ?? '/').split('?', 1)[0];
+    try {
+      if (req.method !== 'GET') return plain(res, 405, 'method not allowed\n');
+      if (path === '/healthz') return plain(res, 200, 'ok\n');
+      if (path === '/metrics') return plain(res, 200, await this.#o.registry.metrics(), this.#o.registry.contentType);
+      if (path === '/v1/status' && this.#o.status) {
+        const text = JSON.stringify(await this.#o.status(), null, 2) + '\n';
+        return plain(res, 200, text, 'application/json');
+      }
+      return plain(res, 404, 'not found\n');
+    } catch (err) {
+      this.#log.error({ err }, 'admin request failed');
+      plain(res, 500, 'internal error\n');
+    }
+  }
+}
+
+function plain(res: ServerResponse, status: number, text: string, type = 'text/plain; charset=utf-8'): void {
+  res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function stringField(body: Record<string, unknown>, name: string, max: number): string {
+  const v = body[name];
+  if (typeof v !== 'string' || v.length === 0) throw new WardError('WARD_CA_REQUEST_INVALID', `field "${name}" must be a non-empty string`);
+  if (v.length > max) throw new WardError('WARD_CA_REQUEST_TOO_LARGE', `field "${name}" is longer than ${max}`);
+  return v;
+}
+
+function parseTtl(v: unknown): number {
+  const ms = typeof v === 'string' ? parseDuration(v) : undefined;
+  if (ms === undefined) throw new WardError('WARD_CA_REQUEST_INVALID', 'field "ttl" must be a duration such as "1h"');
+  return ms;
+}
+
+/** Admin endpoints are unauthenticated by design, so they may only ever face this machine. */
+export function assertLoopback(host: string): void {
+  const ok = host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+  if (!ok) throw new WardError('WARD_CONFIG_INVALID', `admin listener must bind a loopback address, not ${host}`);
+}
+
+async function closeServer(server: HttpServer | HttpsServer, graceMs: number): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeIdleConnections();
+  const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+  timer.unref();
+  await closed;
+  clearTimeout(timer);
+}

@@ -1,0 +1,416 @@
+import { readFile, writeFile } from 'node:fs/promises';
+import { WardError } from '../core/errors.js';
+import { formatDuration, parseDuration, systemClock } from '../core/clock.js';
+import { createLogger, silentLogger } from '../core/logger.js';
+import { createRegistry } from '../core/metrics.js';
+import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
+import {
+  CertificateAuthority,
+  CaServer,
+  JoinTokens,
+  caWarnings,
+  describeAuthority,
+  readState,
+  type CaReport,
+  type WorkloadAuthorizer,
+} from '../ca/index.js';
+import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, flag, optional, readAll, required, writeJson, type Command, type CliIo, type ParsedArgs } from './command.js';
+
+const DEFAULT_WARN_WITHIN = '30d';
+
+/** Reads the trust domain of an initialized state directory (no keys are opened). */
+export async function openStateInfo(stateDir: string): Promise<{ trustDomain: string }> {
+  const st = await readState(stateDir);
+  if (!st) throw new WardError('WARD_CA_NOT_INITIALIZED', `${stateDir} holds no CA; create one with: ward ca init --state ${stateDir}`);
+  return { trustDomain: st.trustDomain };
+}
+
+async function openCa(stateDir: string): Promise<CertificateAuthority> {
+  await openStateInfo(stateDir);
+  return CertificateAuthority.open({ stateDir, clock: systemClock, logger: silentLogger(), registry: createRegistry() });
+}
+
+async function readFileArg(path: string | undefined, what: string): Promise<string | undefined> {
+  if (path === undefined) return undefined;
+  try {
+    return await readFile(path, 'utf8');
+  } catch (err) {
+    throw new WardError('WARD_CONFIG_INVALID', `cannot read ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+}
+
+function durationArg(args: ParsedArgs, name: string): number | undefined {
+  const text = optional(args, name);
+  if (text === undefined) return undefined;
+  const ms = parseDuration(text);
+  if (ms === undefined) throw new WardError('WARD_USAGE', `--${name} must be a duration such as 1h, 30m or 365d, got "${text}"`);
+  return ms;
+}
+
+function hostPort(text: string, what: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new WardError('WARD_USAGE', `${what} wants HOST:PORT, got "${text}"`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+// ------------------------------------------------------------------------------------------------
+
+const init: Command = {
+  name: 'ca init',
+  summary: 'create a CA (root + intermediate) in a state directory, or import your own',
+  options: {
+    state: { type: 'string' },
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    'root-cert': { type: 'string' },
+    'root-key': { type: 'string' },
+    'intermediate-cert': { type: 'string' },
+    'intermediate-key': { type: 'string' },
+    chain: { type: 'string' },
+    'root-ttl': { type: 'string' },
+    'intermediate-ttl': { type: 'string' },
+    ...JSON_FLAG,
+  },
+  help: `Usage: ward ca init --state DIR [--trust-domain TD] [--json]
+       ward ca init --state DIR --root-cert FILE --root-key FILE
+       ward ca init --state DIR --intermediate-cert FILE --intermediate-key FILE --chain FILE
+
+Creates Ward's certificate authority in DIR (created with mode 0700; private keys 0600): an ECDSA
+P-256 root (5 years) and an issuing intermediate (1 year) for the trust domain. Bring your own root
+(Ward then creates the intermediate) or your own intermediate (Ward never sees the root key; keep it
+offline — root rotation is then yours to do). Refuses to overwrite an existing CA.
+
+Flags:
+  --state DIR                the state directory (required)
+  --trust-domain TD          SPIFFE trust domain (default cluster.local)
+  --root-cert/--root-key     your root certificate and its private key (PEM)
+  --intermediate-cert/--intermediate-key/--chain
+                             your issuing CA, its key, and its chain up to and including the root
+  --root-ttl / --intermediate-ttl  lifetimes of generated CAs (e.g. 1825d, 365d)
+  --json                     machine-readable output
+
+Example:
+  ward ca init --state .ward --trust-domain example.org && ward ca inspect --state .ward`,
+  async run(args, io) {
+    const stateDir = required(args, 'state');
+    const trustDomain = parseTrustDomain(String(args.values['trust-domain']));
+    const r = await CertificateAuthority.init({
+      stateDir,
+      trustDomain,
+      clock: systemClock,
+      rootCert: await readFileArg(optional(args, 'root-cert'), 'root certificate'),
+      rootKey: await readFileArg(optional(args, 'root-key'), 'root key'),
+      intermediateCert: await readFileArg(optional(args, 'intermediate-cert'), 'intermediate certificate'),
+      intermediateKey: await readFileArg(optional(args, 'intermediate-key'), 'intermediate key'),
+      chain: await readFileArg(optional(args, 'chain'), 'chain'),
+      rootTtlMs: durationArg(args, 'root-ttl'),
+      intermediateTtlMs: durationArg(args, 'intermediate-ttl'),
+    });
+    if (flag(args, 'json')) {
+      writeJson(io, r);
+    } else {
+      io.stdout.write(
+        `✓ CA created in ${stateDir} (trust domain ${r.trustDomain}, ${r.mode})\n` +
+          `  root:         ${r.root.fingerprint}  valid until ${r.root.notAfter.toISOString()}\n` +
+          `  intermediate: ${r.issuer.fingerprint}  valid until ${r.issuer.notAfter.toISOString()}\n\n` +
+          `Next: ward ca inspect --state ${stateDir}    ward ca bundle --state ${stateDir} > bundle.pem\n`,
+      );
+    }
+    return EXIT_OK;
+  },
+};
+
+function renderReport(r: CaReport, now: number, warnWithinMs: number): string {
+  const L: string[] = [];
+  L.push(`Trust domain:  ${r.trustDomain}   (mode: ${r.mode}, bundle sequence ${r.bundleSequence})`);
+  L.push('');
+  L.push('Certificates:');
+  for (const c of r.certificates) {
+    const left = Date.parse(c.notAfter) - now;
+    const tags = [c.state, c.origin, c.active && c.role === 'intermediate' ? 'ACTIVE ISSUER' : '', c.inBundle ? 'in bundle' : ''].filter(Boolean).join(', ');
+    L.push(`  ${c.role.padEnd(12)} ${c.fingerprint}`);
+    L.push(`               subject ${c.subject || '(empty)'}`);
+    L.push(`               valid ${c.notBefore} → ${c.notAfter} (${left > 0 ? `${formatDuration(left)} left` : 'EXPIRED'})  [${tags}]`);
+  }
+  L.push('');
+  L.push(`Rotation:      ${r.rotation.phase}${r.rotation.kind ? ` (${r.rotation.kind})` : ''}${r.rotation.retireAfter ? `, old material retirable after ${r.rotation.retireAfter}` : ''}`);
+  const refused = Object.entries(r.counts.refusedByCode).map(([k, v]) => `${k}=${v}`).join(', ');
+  L.push(`Issuance:      ${r.counts.issued} issued, ${r.counts.refused} refused${refused ? ` (${refused})` : ''}`);
+  if (r.latestIssued.length > 0) {
+    L.push('');
+    L.push('Latest issued:');
+    for (const i of r.latestIssued) L.push(`  ${i.issuedAt}  ${i.identity}  serial ${i.serial.slice(0, 16)}…  by ${i.requester}  until ${i.notAfter}`);
+  }
+  if (r.latestRefused.length > 0) {
+    L.push('');
+    L.push('Latest refused:');
+    for (const a of r.latestRefused) L.push(`  ${a.time}  ${a.identity}  ${a.code}  by ${a.requester}: ${a.reason ?? ''}`);
+  }
+  const warnings = caWarnings(r, now, warnWithinMs);
+  L.push('');
+  if (warnings.length === 0) L.push(`✓ no warnings (threshold ${formatDuration(warnWithinMs)})`);
+  for (const w of warnings) L.push(`${w.level === 'error' ? '×' : '‼'} ${w.message}`);
+  return L.join('\n') + '\n';
+}
+
+async function fetchReport(server: string): Promise<CaReport> {
+  let url: URL;
+  try {
+    url = new URL('/v1/status', server);
+  } catch {
+    throw new WardError('WARD_USAGE', `--server wants the CA's admin URL, e.g. http://127.0.0.1:9443, got "${server}"`);
+  }
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
+  } catch (err) {
+    throw new WardError('WARD_CA_UNREACHABLE', `cannot reach the CA admin endpoint ${url}: ${(err as Error).message}`, { cause: err });
+  }
+  if (!res.ok) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered HTTP ${res.status}`);
+  return (await res.json()) as CaReport;
+}
+
+const inspect: Command = {
+  name: 'ca inspect',
+  summary: 'show roots, intermediates, validity, the active issuer, issuance and warnings',
+  options: { state: { type: 'string' }, server: { type: 'string' }, 'warn-within': { type: 'string', default: DEFAULT_WARN_WITHIN }, latest: { type: 'string', default: '10' }, ...JSON_FLAG },
+  help: `Usage: ward ca inspect --state DIR | --server URL  [--warn-within 30d] [--json]
+
+Shows the CA: every root and intermediate with validity, time left, SHA-256 fingerprint and state
+(active, next, previous), which intermediate is issuing, whether a rotation is in progress,
+issuance and refusal counts, the latest issuances and refusals, and warnings — anything expired,
+not yet valid, or expiring within the threshold.
+
+Flags:
+  --state DIR          read the CA state directory
+  --server URL         ask a running CA's admin endpoint instead (e.g. http://127.0.0.1:9443)
+  --warn-within DUR    warn about material expiring within this (default ${DEFAULT_WARN_WITHIN})
+  --latest N           how many recent issuances/refusals to list (default 10)
+  --json               machine-readable output (includes "warnings")
+
+Exit status: 0 when nothing needs attention, 1 when a warning or error was found (or on failure).`,
+  async run(args, io) {
+    const stateDir = optional(args, 'state');
+    const server = optional(args, 'server');
+    if ((stateDir === undefined) === (server === undefined)) throw new WardError('WARD_USAGE', 'give exactly one of --state DIR or --server URL');
+    const warnWithinMs = durationArg(args, 'warn-within')!;
+    const latest = Number(optional(args, 'latest'));
+    if (!Number.isInteger(latest) || latest < 0 || latest > 1000) throw new WardError('WARD_USAGE', '--latest must be 0..1000');
+    const now = systemClock.now();
+    let report: CaReport;
+    if (stateDir !== undefined) {
+      const ca = await openCa(stateDir);
+      try {
+        report = await describeAuthority(ca, now, latest);
+      } finally {
+        await ca.close();
+      }
+    } else {
+      report = await fetchReport(server!);
+    }
+    const warnings = caWarnings(report, now, warnWithinMs);
+    if (flag(args, 'json')) writeJson(io, { ...report, warnings });
+    else io.stdout.write(renderReport(report, now, warnWithinMs));
+    return warnings.length > 0 ? EXIT_PROBLEM : EXIT_OK;
+  },
+};
+
+const issue: Command = {
+  name: 'ca issue',
+  summary: 'issue a workload certificate from a CSR file (administrator issuance)',
+  options: { state: { type: 'string' }, csr: { type: 'string' }, id: { type: 'string' }, ttl: { type: 'string' }, out: { type: 'string' }, ...JSON_FLAG },
+  help: `Usage: ward ca issue --state DIR --csr FILE|- --id SPIFFE_ID [--ttl 1h] [--out FILE] [--json]
+
+Issues an X.509-SVID for SPIFFE_ID from a PKCS#10 CSR (PEM or DER). The CSR only proves possession
+of the key: the identity comes from --id. A CSR that asks for another identity, several URIs, DNS/IP/
+email SANs, CA:TRUE or keyCertSign is refused (WARD_PKI_CSR_UNAUTHORIZED). The issuance is recorded
+in the inventory and audit log with requester "admin:<user>".
+
+Flags:
+  --state DIR     the CA state directory
+  --csr FILE      the CSR ("-" for standard input)
+  --id ID         the SPIFFE ID to certify, in the CA's trust domain
+  --ttl DURATION  lifetime, 5m..24h (default 1h)
+  --out FILE      write the chain (leaf + intermediates) here instead of standard output
+  --json          print {id, serial, notBefore, notAfter, certificate} as JSON
+
+Example:
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout w.key -subj /CN=w -out w.csr
+  ward ca issue --state .ward --csr w.csr --id spiffe://cluster.local/ns/shop/sa/web --out w.pem`,
+  async run(args, io) {
+    const stateDir = required(args, 'state');
+    const csrPath = required(args, 'csr');
+    const id = SpiffeId.parse(required(args, 'id'));
+    const ttlMs = durationArg(args, 'ttl');
+    const csr = csrPath === '-' ? await readStdin(io) : await readFile(csrPath).catch((err: NodeJS.ErrnoException) => {
+      throw new WardError('WARD_CONFIG_INVALID', `cannot read CSR ${csrPath}: ${err.code ?? err.message}`);
+    });
+    const { trustDomain } = await openStateInfo(stateDir);
+    if (!id.memberOf(trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `${id} is outside the CA's trust domain ${trustDomain}`);
+    const ca = await openCa(stateDir);
+    try {
+      const r = await ca.issue({ csr, identity: id, requester: `admin:${io.env.USER ?? 'unknown'}`, ttlMs });
+      const out = optional(args, 'out');
+      if (out) await writeFile(out, r.chainPem, { mode: 0o644 });
+      if (flag(args, 'json')) writeJson(io, { id: r.id.toString(), serial: r.serialHex, notBefore: r.notBefore, notAfter: r.notAfter, certificate: r.chainPem });
+      else if (out) io.stdout.write(`✓ issued ${r.id} serial ${r.serialHex}, valid until ${r.notAfter.toISOString()} → ${out}\n`);
+      else io.stdout.write(r.chainPem);
+      return EXIT_OK;
+    } finally {
+      await ca.close();
+    }
+  },
+};
+
+async function readStdin(io: CliIo): Promise<Buffer> {
+  return readAll(io.stdin, 64 * 1024);
+}
+
+const bundle: Command = {
+  name: 'ca bundle',
+  summary: 'print the trust bundle (PEM or SPIFFE JWKS)',
+  options: { state: { type: 'string' }, format: { type: 'string', default: 'pem' } },
+  help: `Usage: ward ca bundle --state DIR [--format pem|jwks]
+
+Prints the trust bundle: every root peers must trust (two during a root rotation). PEM by default,
+or the SPIFFE bundle format (JWKS) with --format jwks. Safe to share: it holds no secrets.
+
+Example:
+  ward ca bundle --state .ward > bundle.pem && openssl verify -CAfile bundle.pem -untrusted chain.pem leaf.pem`,
+  async run(args, io) {
+    const format = String(args.values.format);
+    if (format !== 'pem' && format !== 'jwks') throw new WardError('WARD_USAGE', `--format must be pem or jwks, got "${format}"`);
+    const ca = await openCa(required(args, 'state'));
+    try {
+      const b = ca.bundle();
+      io.stdout.write(format === 'pem' ? b.toPem() : JSON.stringify(b.toJwks({ sequence: ca.bundleSequence }), null, 2) + '\n');
+      return EXIT_OK;
+    } finally {
+      await ca.close();
+    }
+  },
+};
+
+const rotate: Command = {
+  name: 'ca rotate',
+  summary: 'rotate the intermediate or the root without downtime: prepare, activate, retire',
+  positionals: { min: 1, max: 1 },
+  options: { state: { type: 'string' }, root: { type: 'boolean', default: false }, force: { type: 'boolean', default: false }, ...JSON_FLAG },
+  help: `Usage: ward ca rotate prepare|activate|retire|status --state DIR [--root] [--force] [--json]
+
+Rotates CA material in three steps, each persisted (a restart resumes in the same phase):
+  prepare   create a new intermediate (default) or a new root + intermediate (--root). A new root
+            enters the trust bundle now, before it signs anything: let the bundle reach every peer.
+  activate  switch issuance to the prepared material. Renewals move workloads to it.
+  retire    drop the old material (with a root: remove the old root from the bundle). Refused until
+            the last leaf the old root anchors has expired, unless --force.
+  status    show the phase and what retire waits for.
+
+Running CA servers pick up each step (ward control watches the state directory).
+
+Example (root rotation):
+  ward ca rotate prepare --root --state .ward   # bundle now holds old + new root
+  ward ca rotate activate --state .ward         # new leaves chain to the new root
+  ward ca rotate retire --state .ward           # after old leaves expire (1h by default)`,
+  async run(args, io) {
+    const step = args.positionals[0];
+    if (!['prepare', 'activate', 'retire', 'status'].includes(step)) throw new WardError('WARD_USAGE', `unknown step "${step}"; use prepare, activate, retire or status`);
+    const ca = await openCa(required(args, 'state'));
+    try {
+      const st =
+        step === 'prepare'
+          ? await ca.rotation.prepare(flag(args, 'root') ? 'root' : 'intermediate')
+          : step === 'activate'
+            ? await ca.rotation.activate()
+            : step === 'retire'
+              ? await ca.rotation.retire({ force: flag(args, 'force') })
+              : ca.rotation.status();
+      if (flag(args, 'json')) writeJson(io, st);
+      else {
+        io.stdout.write(`rotation phase: ${st.phase}${st.kind ? ` (${st.kind})` : ''}\n`);
+        io.stdout.write(`  active issuer: ${st.active.issuer.fingerprint} (root ${st.active.root.fingerprint})\n`);
+        if (st.next) io.stdout.write(`  prepared:      ${st.next.issuer.fingerprint} (root ${st.next.root.fingerprint})\n`);
+        if (st.previous) io.stdout.write(`  previous:      ${st.previous.issuer.fingerprint} (root ${st.previous.root.fingerprint})\n`);
+        io.stdout.write(`  bundle roots:  ${st.bundleRoots.length} (sequence ${st.bundleSequence})\n`);
+        if (st.phase === 'activated') io.stdout.write(st.retireReady ? '  retire: ready now\n' : `  retire: after ${st.retireAfter?.toISOString()}\n`);
+      }
+      return EXIT_OK;
+    } finally {
+      await ca.close();
+    }
+  },
+};
+
+/** A static authorizer for the standalone CA: `--allow NODE=SPIFFE_ID` pairs. */
+export function staticAuthorizer(pairs: string[], trustDomain: string): WorkloadAuthorizer {
+  const allowed = new Set<string>();
+  for (const p of pairs) {
+    const eq = p.indexOf('=');
+    if (eq <= 0) throw new WardError('WARD_USAGE', `--allow wants NODE=SPIFFE_ID, got "${p}"`);
+    const node = SpiffeId.node(trustDomain, p.slice(0, eq));
+    const id = SpiffeId.parse(p.slice(eq + 1));
+    allowed.add(`${node} ${id}`);
+  }
+  return { mayObtain: (node, id) => allowed.has(`${node} ${id}`) };
+}
+
+const serve: Command = {
+  name: 'ca serve',
+  summary: 'run the CA alone: the HTTPS issuance API and a loopback admin endpoint',
+  options: {
+    state: { type: 'string' },
+    listen: { type: 'string', default: '127.0.0.1:8443' },
+    admin: { type: 'string', default: '127.0.0.1:9443' },
+    allow: { type: 'string', multiple: true, default: [] },
+    init: { type: 'boolean', default: false },
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    'log-level': { type: 'string', default: 'info' },
+  },
+  help: `Usage: ward ca serve --state DIR [--listen HOST:PORT] [--admin HOST:PORT] [--allow NODE=ID ...]
+
+Runs the certificate authority on its own (ward control runs it together with the discovery pool,
+which then decides which node may obtain which workload identity). Mesh API on --listen (TLS 1.3;
+the server presents spiffe://TD/ward/ca): GET /v1/health, GET /v1/bundle, POST /v1/join (join token
+→ node certificate), POST /v1/issue (node certificate → workload certificate). Admin API on --admin
+(plain HTTP, loopback only): /healthz, /metrics, /v1/status.
+
+Flags:
+  --state DIR          the CA state directory
+  --listen HOST:PORT   mesh API address (default 127.0.0.1:8443)
+  --admin HOST:PORT    admin address, loopback only (default 127.0.0.1:9443)
+  --allow NODE=ID      let node NODE obtain workload identity ID (repeatable); nodes always renew their own
+  --init               create the CA first when DIR holds none (with --trust-domain, default cluster.local)
+  --log-level LEVEL    debug, info, warn, error (default info)
+
+Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
+  async run(args, io) {
+    const stateDir = required(args, 'state');
+    if (flag(args, 'init') && !(await readState(stateDir))) {
+      const r = await CertificateAuthority.init({ stateDir, trustDomain: parseTrustDomain(String(args.values['trust-domain'])), clock: systemClock });
+      io.stderr.write(`ward ca serve: created a CA in ${stateDir} (trust domain ${r.trustDomain}, root ${r.root.fingerprint})\n`);
+    }
+    const { trustDomain } = await openStateInfo(stateDir);
+    const authorizer = staticAuthorizer(args.values.allow as string[], trustDomain);
+    const listen = hostPort(String(args.values.listen), '--listen');
+    const admin = hostPort(String(args.values.admin), '--admin');
+    const logger = createLogger({ level: String(args.values['log-level']), component: 'ward-ca' });
+    const registry = createRegistry();
+    const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger, registry });
+    const tokens = new JoinTokens({ stateDir, trustDomain, clock: systemClock });
+    const server = new CaServer({ ca, tokens, authorizer, clock: systemClock, logger, registry, status: () => describeAuthority(ca, systemClock.now()) });
+    const unsubscribe = ca.onChange(() => void server.refreshCredentials().catch((err) => logger.error({ err }, 'refreshing server credentials failed')));
+    const bound = await server.listen({ host: listen.host, port: listen.port, adminHost: admin.host, adminPort: admin.port });
+    io.stderr.write(`ward ca serve: mesh API https://${listen.host}:${bound.port}  admin http://${admin.host}:${bound.adminPort}\n`);
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve();
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+    unsubscribe();
+    await server.close();
+    await ca.close();
+    return EXIT_OK;
+  },
+};
+
+export const caCommands: Command[] = [init, inspect, issue, bundle, rotate, serve];

@@ -1,0 +1,1 @@
+export { meshServerOptions, meshClientOptions, peerIdentity, type Credentials } from './credentials.js';
