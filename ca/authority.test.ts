@@ -577,7 +577,7 @@ describe('inventory and audit', () => {
   it('keeps every acknowledged certificate when the process is killed mid-issuance', async () => {
     const { ca, e } = await newCa();
     await ca.close();
-    const script = join(await tempDir(), 'issuer.ts');
+    const script = join(await tempDir(), 'issuer.mts');
     await writeFile(
       script,
       [

@@ -28,8 +28,7 @@ import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core
 import { parseDuration, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { SpiffeId } from '../core/identity/index.js';
-import { PrivateKey } from '../core/pki/keys.js';
-import { createCsr } from '../core/pki/csr.js';
+import { PrivateKey, createCsr } from '../core/pki/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../core/tls/index.js';
 import { RateLimiter } from '../core/rate-limit.js';
 import type { CertificateAuthority } from './authority.js';

@@ -168,10 +168,12 @@ describe('x509-limbo through validatePath', () => {
     const failures = cases.filter((c) => c.expected_result === 'FAILURE');
     const successes = cases.filter((c) => c.expected_result === 'SUCCESS');
     const refused = failures.filter((c) => !verdicts.get(c.id)!.accepted).length;
+    const refusedAtParse = failures.filter((c) => verdicts.get(c.id)!.detail?.startsWith('parseCertificate:')).map((c) => c.id);
     const accepted = successes.filter((c) => verdicts.get(c.id)!.accepted).length;
     const slowest = cases.reduce((a, c) => (verdicts.get(c.id)!.ms > verdicts.get(a.id)!.ms ? c : a));
 
-    console.log(`x509-limbo: FAILURE cases refused ${refused}/${failures.length}; SUCCESS cases accepted ${accepted}/${successes.length}; ` +
+    console.log(`x509-limbo: FAILURE cases refused ${refused}/${failures.length} (${refusedAtParse.length} already by parseCertificate: ` +
+      `${refusedAtParse.join(', ')}); SUCCESS cases accepted ${accepted}/${successes.length}; ` +
       `slowest ${slowest.id} ${verdicts.get(slowest.id)!.ms.toFixed(1)} ms`);
     console.table(rows);
     console.table(Object.entries(ACCEPTED_FAILURES).map(([id, reason]) => ({ 'FAILURE case accepted': id, reason })));

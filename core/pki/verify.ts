@@ -7,10 +7,11 @@
  *     pkijs 3.4.3 build/index.es.js): bounded path building (pkijs recurses without a visited set
  *     and loops on cross-signed cycles), basicConstraints criticality and pathLenConstraint, key
  *     usage consistency on every certificate, SKI/AKI presence, unknown critical extensions on the
- *     leaf, a v1/v2 certificate anywhere, serial-number and algorithm profile, a maximum depth, and
- *     name constraints with intersection semantics (pkijs unions the permitted subtrees of
- *     successive CAs, lets one matching name stand for all, ignores the trust anchor's constraints
- *     and directoryName SANs). Every refusal has a typed reason.
+ *     leaf, a v1/v2 certificate anywhere, serial-number and algorithm profile, a maximum depth,
+ *     the extended key usage asked for, and name constraints with intersection semantics (pkijs
+ *     unions the permitted subtrees of successive CAs, lets one matching name stand for all, and
+ *     ignores the trust anchor's constraints and directoryName SANs). Every refusal has a typed
+ *     reason.
  *
  *  2. checkSvidLeaf — the X.509-SVID leaf rules a plain path validator accepts: a CA certificate
  *     used as a leaf, two URI SANs, a foreign trust domain, a server certificate without
@@ -956,10 +957,11 @@ export function checkSvidLeaf(
   const uris = leaf.uris ?? [];
   if (uris.length === 0) return svidFail('no-uri-san', 'the certificate has no URI SAN, so it carries no SPIFFE ID');
   if (uris.length > 1) return svidFail('multiple-uri-sans', `the certificate has ${uris.length} URI SANs; an SVID has exactly one`);
-  // DNS SANs are allowed on SVIDs; IP and e-mail names are not something Ward's CA issues, and a
-  // peer presenting them was issued under some other profile.
+  // DNS SANs are allowed on SVIDs; IP, e-mail and other names are not something Ward's CA issues,
+  // and a peer presenting them was issued under some other profile.
   if ((leaf.ipAddresses ?? []).length > 0) return svidFail('non-uri-san', `the certificate has IP address SANs (${leaf.ipAddresses.join(', ')})`);
   if ((leaf.emails ?? []).length > 0) return svidFail('non-uri-san', `the certificate has e-mail SANs (${leaf.emails.join(', ')})`);
+  if ((leaf.otherSanCount ?? 0) > 0) return svidFail('non-uri-san', `the certificate has ${leaf.otherSanCount} SANs of other kinds (otherName, directoryName, …)`);
   let id: SpiffeId;
   try {
     id = SpiffeId.parse(uris[0]);
