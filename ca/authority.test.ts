@@ -666,3 +666,29 @@ describe('close', () => {
     expect((await errorOf(ca.rotation.prepare('intermediate'))).code).toBe('WARD_CA_INTERNAL');
   });
 });
+
+describe('reload (a step committed by another process)', () => {
+  it('picks up a root rotation written by a second CA instance and notifies listeners', async () => {
+    const { ca: serving, e } = await newCa();
+    const changes: number[] = [];
+    serving.onChange((c) => changes.push(c.bundleSequence));
+    expect(await serving.reload()).toBe(false); // nothing changed yet
+
+    // `ward ca rotate prepare --root` in another process: a second instance on the same directory.
+    const cli = await CertificateAuthority.open({ stateDir: e.dir, clock: e.clock, logger: e.logs.logger, registry: createRegistry() });
+    await cli.rotation.prepare('root');
+    await cli.rotation.activate();
+    const newIssuer = cli.activeIssuer().cert.fingerprintSha256;
+    await cli.close();
+
+    expect(await serving.reload()).toBe(true);
+    expect(serving.bundle().roots).toHaveLength(2);
+    expect(serving.activeIssuer().cert.fingerprintSha256).toBe(newIssuer);
+    expect(changes).toHaveLength(1);
+    // Issuance now uses the new issuer, and the leaf verifies against the two-root bundle.
+    const r = await serving.issue({ csr: csrFor(), identity: CART, requester: NODE });
+    const v = await verifyLeaf(serving, r.chainPem, e.clock.now());
+    expect(v.ok).toBe(true);
+    expect(parseCertificates(r.chainPem)[1].fingerprintSha256).toBe(newIssuer);
+  });
+});

@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import type { Clock } from '../core/clock.js';
 import { WardError, isWardError, type WardErrorCode } from '../core/errors.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
-import { LeafSigner, TrustBundle, parseCsr, type Certificate } from '../core/pki/index.js';
+import { LeafSigner, TrustBundle, parseCsrAsync, type Certificate, type IssuedCertificate } from '../core/pki/index.js';
 import type { TornTail } from './append-log.js';
 import { AuditLog, clip, type AuditCounts } from './audit.js';
 import { CaMetrics, refusalReason } from './ca-metrics.js';
@@ -176,12 +176,13 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-// Log level per refusal: the caller's fault is routine (info); asking beyond one's authorization is
-// worth a look (warn); the CA itself unable to issue needs an operator (error).
+// Log level per refusal: the caller's fault is routine (info); asking beyond one's authorization, or
+// a CA that cannot sign (expired issuer, overload), is worth a look (warn); only an unexpected
+// failure is an error. (open() also logs an unusable issuer once, at error.)
 const REFUSAL_LEVEL: Partial<Record<WardErrorCode, 'info' | 'warn' | 'error'>> = {
   WARD_PKI_CSR_UNAUTHORIZED: 'warn',
   WARD_CA_FORBIDDEN: 'warn',
-  WARD_CA_ISSUER_NOT_VALID: 'error',
+  WARD_CA_ISSUER_NOT_VALID: 'warn',
   WARD_CA_RATE_LIMITED: 'warn',
   WARD_CA_INTERNAL: 'error',
 };
@@ -210,6 +211,7 @@ export class CertificateAuthority {
   #bundle!: TrustBundle;
   #closed = false;
   #closing: Promise<void> | undefined;
+  readonly #inFlight = new Set<Promise<unknown>>();
 
   private constructor(o: {
     state: CaStateFile;
@@ -424,6 +426,38 @@ export class CertificateAuthority {
 
   async #commit(next: CaStateFile, added: { roots: RootMaterial[]; issuers: IssuerMaterial[] }): Promise<void> {
     await writeState(this.stateDir, next, this.#hooks);
+    await this.#adopt(next, added);
+  }
+
+  /**
+   * Re-reads ca.json after another process committed a step (`ward ca rotate` run beside a serving
+   * CA), loads any new material and swaps to it, notifying onChange listeners. Returns whether
+   * anything changed. ca.json is the commit point, so whatever it names is already on disk whole.
+   */
+  async reload(): Promise<boolean> {
+    this.#assertOpen();
+    const next = await readState(this.stateDir);
+    if (!next || JSON.stringify(next) === JSON.stringify(this.#state)) return false;
+    if (next.trustDomain !== this.trustDomain) {
+      throw new WardError('WARD_CA_STATE_CORRUPT', `${join(this.stateDir, STATE_FILE)} changed trust domain from ${this.trustDomain} to ${next.trustDomain}`);
+    }
+    const roots: RootMaterial[] = [];
+    for (const e of next.roots) {
+      if (e.state !== 'retired' && !this.#roots.has(e.fingerprint)) roots.push(await loadRoot(this.stateDir, e));
+    }
+    const issuers: IssuerMaterial[] = [];
+    for (const e of next.issuers) {
+      if (e.state === 'retired' || this.#issuers.has(e.fingerprint)) continue;
+      const root = this.#roots.get(e.root) ?? roots.find((r) => r.cert.fingerprintSha256 === e.root);
+      if (!root) throw new WardError('WARD_CA_STATE_CORRUPT', `${join(this.stateDir, STATE_FILE)}: issuer ${e.fingerprint} chains to root ${e.root}, which is retired or missing`);
+      issuers.push(await loadIssuer(this.stateDir, e, root.cert));
+    }
+    await this.#adopt(next, { roots, issuers });
+    this.#log.info({ issuer: this.#active.fingerprint, rotation: next.rotation?.phase ?? 'idle' }, 'CA state reloaded from disk');
+    return true;
+  }
+
+  async #adopt(next: CaStateFile, added: { roots: RootMaterial[]; issuers: IssuerMaterial[] }): Promise<void> {
     const prev = this.#state;
     this.#state = next;
     for (const r of added.roots) this.#roots.set(r.cert.fingerprintSha256, r);
@@ -436,8 +470,15 @@ export class CertificateAuthority {
       if (e.state === 'retired' && this.#issuers.delete(e.fingerprint)) retiredKeys.push(e.fingerprint);
     }
     this.#applyState();
-    // After the commit: a crash before these deletions leaves keys that open() sweeps as orphans.
-    for (const fp of retiredKeys) await removeFileDurable(keyPath(this.stateDir, fp), this.#hooks);
+    // After the commit: a crash before these deletions leaves keys that open() sweeps as orphans,
+    // and a failure here must not make a committed step look failed; the next open() retries.
+    for (const fp of retiredKeys) {
+      try {
+        await removeFileDurable(keyPath(this.stateDir, fp), this.#hooks);
+      } catch (err) {
+        this.#log.error({ err, fingerprint: fp }, 'could not delete a retired CA key; it will be removed at the next open');
+      }
+    }
     if (next.bundleSequence !== prev.bundleSequence || next.issuers.find((i) => i.state === 'active')!.fingerprint !== prev.issuers.find((i) => i.state === 'active')!.fingerprint) {
       const change: CaChange = { bundle: this.#bundle, bundleSequence: next.bundleSequence, activeIssuer: this.#active.fingerprint };
       for (const l of this.#listeners) {
@@ -451,21 +492,19 @@ export class CertificateAuthority {
   }
 
   #rotationHost(): RotationHost {
-    // eslint-disable-next-line @typescript-eslint/no-this-alias
-    const ca = this;
     return {
       stateDir: this.stateDir,
       trustDomain: this.trustDomain,
       clock: this.#clock,
       log: this.#log.child({ component: 'ca.rotation' }),
       hooks: this.#hooks,
-      assertOpen: () => ca.#assertOpen(),
-      state: () => ca.#state,
-      root: (fp) => ca.#roots.get(fp),
-      issuer: (fp) => ca.#issuers.get(fp),
-      bundle: () => ca.#bundle,
-      leafHorizon: (fp) => ca.inventory.leafHorizon(fp),
-      commit: (next, added) => ca.#commit(next, added),
+      assertOpen: () => this.#assertOpen(),
+      state: () => this.#state,
+      root: (fp) => this.#roots.get(fp),
+      issuer: (fp) => this.#issuers.get(fp),
+      bundle: () => this.#bundle,
+      leafHorizon: (fp) => this.inventory.leafHorizon(fp),
+      commit: (next, added) => this.#commit(next, added),
     };
   }
 
@@ -516,7 +555,15 @@ export class CertificateAuthority {
    * not audited; a failure of the durable write itself is WARD_CA_INTERNAL and the certificate is
    * not returned.
    */
-  async issue(r: IssueRequest): Promise<IssueResult> {
+  issue(r: IssueRequest): Promise<IssueResult> {
+    const p = this.#issue(r);
+    this.#inFlight.add(p);
+    const done = () => this.#inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  async #issue(r: IssueRequest): Promise<IssueResult> {
     // Wall-clock duration for the histogram only; decisions use the injected clock.
     const started = performance.now();
     this.#assertOpen();
@@ -525,7 +572,7 @@ export class CertificateAuthority {
     const identityText = clip(String(r.identity));
     const active = this.#active;
     let id: SpiffeId;
-    let leaf;
+    let leaf: IssuedCertificate;
     try {
       if (!this.inventory.hasRoom() || !this.audit.hasRoom()) {
         throw new WardError('WARD_CA_RATE_LIMITED', 'the CA is overloaded: the durable-write queue is full; retry later');
@@ -537,21 +584,23 @@ export class CertificateAuthority {
       if (id.path === '') throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is the trust domain itself; a workload identity needs a path`);
       const ttl = leafLifetime(r.ttlMs, this.#defaultTtl);
       assertIssuerValid(active.window, now);
-      const csr = parseCsr(r.csr);
+      // The signature checks and the signature run on the thread pool: concurrent issuances use every core.
+      const csr = await parseCsrAsync(r.csr);
       checkCsrPolicy(csr, id);
       const { notBefore, notAfter } = leafValidity(now, ttl, active.window);
-      leaf = active.signer.sign({ publicKeyDer: csr.publicKeyDer, id, notBefore, notAfter });
+      leaf = await active.signer.signAsync({ publicKeyDer: csr.publicKeyDer, id, notBefore, notAfter });
     } catch (err) {
       throw await this.#refuse(err, { requester, identity: identityText, now, started });
     }
 
     const serial = leaf.serialHex;
+    const identity = id.toString(); // unclipped: queries by identity must find it
     const issuedAt = new Date(now).toISOString();
     const durable = Promise.all([
       this.inventory.record(
         {
           serial,
-          identity: identityText,
+          identity,
           requester,
           notBefore: leaf.notBefore.toISOString(),
           notAfter: leaf.notAfter.toISOString(),
@@ -560,7 +609,7 @@ export class CertificateAuthority {
         },
         leaf.notAfter.getTime(),
       ),
-      this.audit.record({ time: issuedAt, decision: 'issued', requester, identity: identityText, serial }),
+      this.audit.record({ time: issuedAt, decision: 'issued', requester, identity, serial }),
     ]);
     try {
       await durable;
@@ -568,14 +617,14 @@ export class CertificateAuthority {
       const reason = refusalReason(isWardError(err) ? err.code : undefined);
       this.#metrics.refused.inc({ reason });
       this.#metrics.duration.observe((performance.now() - started) / 1000);
-      this.#log.error({ err, serial, identity: identityText, requester }, 'certificate signed but its records could not be made durable; not returned');
+      this.#log.error({ err, serial, identity, requester }, 'certificate signed but its records could not be made durable; not returned');
       if (isWardError(err, 'WARD_CA_RATE_LIMITED')) throw err;
       throw new WardError('WARD_CA_INTERNAL', 'the CA could not record the certificate durably', { cause: err });
     }
     this.#metrics.issued.inc();
     this.#metrics.duration.observe((performance.now() - started) / 1000);
     if (this.#log.isLevelEnabled('debug')) {
-      this.#log.debug({ serial, identity: identityText, requester, notAfter: leaf.notAfter.toISOString(), issuer: active.fingerprint }, 'certificate issued');
+      this.#log.debug({ serial, identity, requester, notAfter: leaf.notAfter.toISOString(), issuer: active.fingerprint }, 'certificate issued');
     }
     const certPem = leaf.pem();
     return {
@@ -584,7 +633,7 @@ export class CertificateAuthority {
       serialHex: serial,
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
-      id: id!,
+      id,
     };
   }
 
@@ -628,6 +677,9 @@ export class CertificateAuthority {
     this.#closing ??= (async () => {
       this.#closed = true;
       await this.rotation.idle();
+      // Issuances already admitted finish (their crypto runs on the thread pool) and are recorded
+      // before the logs close; new ones are refused by #assertOpen.
+      await Promise.allSettled([...this.#inFlight]);
       await Promise.all([this.inventory.close(), this.audit.close()]);
       this.#listeners.clear();
       this.#log.info('CA closed');

@@ -19,9 +19,10 @@
  * goes to the log only (internal detail never reaches a response).
  */
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
-import { createServer as createHttpServer, type IncomingMessage, type ServerResponse, type Server as HttpServer } from 'node:http';
+import { createServer as createHttpServer, STATUS_CODES, type IncomingMessage, type ServerResponse, type Server as HttpServer } from 'node:http';
 import type { TLSSocket } from 'node:tls';
-import { isIP } from 'node:net';
+import { isIP, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
 import { Counter, type Registry } from 'prom-client';
 import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core/errors.js';
@@ -32,6 +33,7 @@ import { PrivateKey, createCsr } from '../core/pki/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../core/tls/index.js';
 import { RateLimiter } from '../core/rate-limit.js';
 import type { CertificateAuthority } from './authority.js';
+import { clip } from './audit.js';
 import type { JoinTokens } from './tokens.js';
 
 /** Decides which workload identities a node may obtain. The discovery pool supplies the real one. */
@@ -45,6 +47,7 @@ export interface CaServerLimits {
   maxHeaderBytes: number;
   /** Whole-request deadline (slow bodies are cut off). */
   requestTimeoutMs: number;
+  /** Deadline for the request headers, and for the TLS handshake before them (slow-loris). */
   headersTimeoutMs: number;
   maxConnections: number;
   /** Per authenticated node, and per source address for unauthenticated routes. */
@@ -111,6 +114,8 @@ export class CaServer {
   readonly #requests: Counter<'route' | 'code'>;
   #server?: HttpsServer;
   #admin?: HttpServer;
+  /** Raw connections, including those still in the TLS handshake (node:http does not track those). */
+  readonly #sockets = new Set<Socket>();
   #renewTimer?: NodeJS.Timeout;
   #closed = false;
   #credentials?: Credentials;
@@ -151,6 +156,8 @@ export class CaServer {
   /** Starts the mesh listener (and the admin listener when adminPort is given). */
   async listen(o: { host: string; port: number; adminHost?: string; adminPort?: number }): Promise<{ port: number; adminPort?: number }> {
     if (this.#closed) throw new WardError('WARD_CA_INTERNAL', 'server is closed');
+    // Checked before anything starts: a refused configuration must not leave a listener behind.
+    if (o.adminPort !== undefined) assertLoopback(o.adminHost ?? '127.0.0.1');
     await this.refreshCredentials();
     const creds = this.#credentials!;
     const server = createHttpsServer(
@@ -159,14 +166,30 @@ export class CaServer {
         maxHeaderSize: this.#limits.maxHeaderBytes,
         requestTimeout: this.#limits.requestTimeoutMs,
         headersTimeout: this.#limits.headersTimeoutMs,
+        // node:http enforces the two timeouts above only when it sweeps its connections, every
+        // 30s by default; sweep often enough that the deadlines mean what they say.
+        connectionsCheckingInterval: Math.max(50, Math.min(1_000, this.#limits.headersTimeoutMs / 4)),
+        // node:http starts tracking a connection only once TLS is up; before that, a client that
+        // connects and never finishes its handshake would hold a socket for 120s (the default).
+        handshakeTimeout: this.#limits.headersTimeoutMs,
         keepAliveTimeout: 5_000,
       },
-      (req, res) => void this.#handle(req, res),
+      (req, res) => {
+        this.#handle(req, res).catch((err: unknown) => {
+          // #handle answers every failure itself; reaching here is a bug, but one request must not
+          // take the CA down (an unhandled rejection ends the process).
+          this.#log.error({ err }, 'BUG: CA request handler failed');
+          res.destroy();
+        });
+      },
     );
     server.maxConnections = this.#limits.maxConnections;
-    // A failed handshake is the client's problem; log it at debug and keep serving.
-    server.on('tlsClientError', (err) => this.#log.debug({ err: err.message }, 'TLS handshake failed'));
-    server.on('clientError', (_err, socket) => socket.destroy());
+    server.on('connection', (socket: Socket) => {
+      this.#sockets.add(socket);
+      socket.once('close', () => this.#sockets.delete(socket));
+    });
+    // node:https passes TLS handshake failures ('tlsClientError') on to 'clientError' as well.
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.#clientError(err, socket));
     this.#server = server;
     server.listen(o.port, o.host);
     await once(server, 'listening');
@@ -174,8 +197,7 @@ export class CaServer {
     let adminPort: number | undefined;
     if (o.adminPort !== undefined) {
       const host = o.adminHost ?? '127.0.0.1';
-      assertLoopback(host);
-      const admin = createHttpServer({ maxHeaderSize: 8192, requestTimeout: 5_000 }, (req, res) => void this.#handleAdmin(req, res));
+      const admin = createHttpServer({ maxHeaderSize: 8192, requestTimeout: 5_000, connectionsCheckingInterval: 1_000 }, (req, res) => void this.#handleAdmin(req, res));
       this.#admin = admin;
       admin.listen(o.adminPort, host);
       await once(admin, 'listening');
@@ -206,12 +228,43 @@ export class CaServer {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#renewTimer);
-    await Promise.all([this.#server, this.#admin].map((s) => (s ? closeServer(s, graceMs) : undefined)));
+    await Promise.all([
+      this.#server ? closeServer(this.#server, graceMs, this.#sockets) : undefined,
+      this.#admin ? closeServer(this.#admin, graceMs, new Set()) : undefined,
+    ]);
+  }
+
+  /**
+   * A client's fault below the routes, always the client's problem: logged at debug, connection
+   * dropped. HTTP-level faults found by node:http (headers too large, malformed request, header or
+   * request deadline passed) are first answered as node:http itself would (431 / 408 / 400, when no
+   * response has started on the connection). A TLS failure (handshake error or deadline) has no
+   * HTTP to answer in.
+   */
+  #clientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    const httpFault = typeof err.code === 'string' && (err.code.startsWith('HPE_') || err.code === 'ERR_HTTP_REQUEST_TIMEOUT');
+    if (!httpFault) {
+      this.#log.debug({ err: err.message, code: err.code }, 'TLS handshake failed');
+      socket.destroy();
+      return;
+    }
+    this.#log.debug({ err: err.message, code: err.code }, 'HTTP client error; dropping the connection');
+    const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse })._httpMessage;
+    if (socket.writable && !inFlight?.headersSent) {
+      const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\n\r\n`);
+    }
+    // destroySoon: close once the answer is flushed (destroy() could drop it).
+    const s = socket as Duplex & { destroySoon?: () => void };
+    if (typeof s.destroySoon === 'function') s.destroySoon();
+    else socket.destroy();
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = req.url ?? '/';
     const path = url.split('?', 1)[0];
+    // Read now: once a request is aborted, req.socket is null.
+    const remote = req.socket.remoteAddress ?? 'unknown';
     let route: Route = 'unknown';
     try {
       if (req.method === 'GET' && path === '/v1/health') {
@@ -220,14 +273,14 @@ export class CaServer {
       }
       if (req.method === 'GET' && (path === '/v1/bundle' || path === '/v1/bundle.jwks')) {
         route = 'bundle';
-        this.#limit(`addr:${req.socket.remoteAddress}`);
+        this.#limit(`addr:${remote}`);
         const bundle = this.#o.ca.bundle();
         if (path === '/v1/bundle.jwks' || /application\/json/.test(req.headers.accept ?? '')) return this.#reply(res, route, 200, bundle.toJwks());
         return this.#replyText(res, route, 200, bundle.toPem(), 'application/x-pem-file');
       }
       if (req.method === 'POST' && path === '/v1/join') {
         route = 'join';
-        this.#limit(`addr:${req.socket.remoteAddress}`);
+        this.#limit(`addr:${remote}`);
         const body = await this.#readJson(req);
         const token = stringField(body, 'token', 128);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
@@ -245,17 +298,42 @@ export class CaServer {
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
         const identity = body.identity === undefined ? caller : SpiffeId.parse(stringField(body, 'identity', 2048));
         const ttlMs = body.ttl === undefined ? undefined : parseTtl(body.ttl);
-        if (!identity.memberOf(this.#o.ca.trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `identity ${identity} is outside trust domain ${this.#o.ca.trustDomain}`);
+        if (!identity.memberOf(this.#o.ca.trustDomain)) {
+          throw await this.#audited(caller, identity, new WardError('WARD_CA_FORBIDDEN', `identity ${identity} is outside trust domain ${this.#o.ca.trustDomain}`));
+        }
+        // Only workload identities are grantable: another node's identity, the CA's own or the bare
+        // trust domain never are, whatever the authorizer would say.
         if (!identity.equals(caller) && !(identity.workload && (await this.#o.authorizer.mayObtain(caller, identity)))) {
-          throw new WardError('WARD_CA_FORBIDDEN', `node ${caller} may not obtain ${identity}`);
+          throw await this.#audited(caller, identity, new WardError('WARD_CA_FORBIDDEN', `node ${caller} may not obtain ${identity}`));
         }
         const issued = await this.#o.ca.issue({ csr, identity, requester: caller.toString(), ttlMs });
         return this.#reply(res, route, 200, this.#issuedBody(issued));
       }
       throw new WardError('WARD_CA_NOT_FOUND', `no route ${req.method} ${path.slice(0, 100)}`);
     } catch (err) {
-      this.#fail(req, res, route, err);
+      this.#fail(req, res, route, remote, err);
     }
+  }
+
+  /**
+   * Records an authorization refusal in the CA's audit log, as issue() does for its own refusals:
+   * a node asking for an identity it may not have is a decision on issuance, and the one most
+   * worth finding later. Returns the error to throw.
+   */
+  async #audited(caller: SpiffeId, identity: SpiffeId, err: WardError): Promise<WardError> {
+    try {
+      await this.#o.ca.audit.record({
+        time: new Date(this.#o.clock.now()).toISOString(),
+        decision: 'refused',
+        requester: clip(caller.toString()),
+        identity: clip(identity.toString()),
+        code: err.code,
+        reason: clip(err.message),
+      });
+    } catch (auditErr) {
+      this.#log.error({ err: auditErr, code: err.code }, 'could not audit a refusal durably');
+    }
+    return err;
   }
 
   #health(): unknown {
@@ -291,16 +369,10 @@ export class CaServer {
     if (!/^application\/json\b/.test(req.headers['content-type'] ?? '')) {
       throw new WardError('WARD_CA_REQUEST_INVALID', 'content-type must be application/json');
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const chunk of req as AsyncIterable<Buffer>) {
-      size += chunk.length;
-      if (size > max) throw new WardError('WARD_CA_REQUEST_TOO_LARGE', `body exceeds ${max} bytes`);
-      chunks.push(chunk);
-    }
+    const text = await readBody(req, max);
     let body: unknown;
     try {
-      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      body = JSON.parse(text);
     } catch (cause) {
       throw new WardError('WARD_CA_REQUEST_INVALID', 'body is not valid JSON', { cause });
     }
@@ -308,16 +380,21 @@ export class CaServer {
     return body as Record<string, unknown>;
   }
 
-  #fail(req: IncomingMessage, res: ServerResponse, route: Route, err: unknown): void {
+  #fail(req: IncomingMessage, res: ServerResponse, route: Route, remote: string, err: unknown): void {
     const code: WardErrorCode = isWardError(err) && STATUS_BY_CODE[err.code] ? err.code : 'WARD_CA_INTERNAL';
     const status = STATUS_BY_CODE[code] ?? 500;
-    const detail = { route, code, remote: req.socket.remoteAddress, err: err instanceof Error ? err.message : String(err) };
+    const detail = { route, code, remote, err: err instanceof Error ? err.message : String(err) };
     if (status >= 500) this.#log.error({ ...detail, stack: err instanceof Error ? err.stack : undefined }, 'CA request failed');
     else this.#log.info(detail, 'CA request refused');
-    // A body still arriving (e.g. too large) must not be read further; close after replying.
-    if (!req.complete) res.setHeader('connection', 'close');
+    if (!req.complete) {
+      // The rest of the body (too large, or never read because the request was refused first) is
+      // not wanted: node:http closes the connection once the answer is flushed, and meanwhile the
+      // arriving bytes are discarded rather than left unread, since closing a socket with unread
+      // data makes the kernel send a reset that can destroy the answer before the client reads it.
+      res.setHeader('connection', 'close');
+      req.resume();
+    }
     this.#reply(res, route, status, { error: { code, message: ERROR_CODES[code] } }, code);
-    if (!req.complete) res.once('finish', () => req.socket.destroySoon?.());
   }
 
   #reply(res: ServerResponse, route: Route, status: number, body: unknown, code = 'OK'): void {
@@ -373,10 +450,46 @@ export function assertLoopback(host: string): void {
   if (!ok) throw new WardError('WARD_CONFIG_INVALID', `admin listener must bind a loopback address, not ${host}`);
 }
 
-async function closeServer(server: HttpServer | HttpsServer, graceMs: number): Promise<void> {
+/**
+ * Reads a request body of at most `max` bytes as UTF-8 text. Refuses (WARD_CA_REQUEST_TOO_LARGE) as
+ * soon as the limit is passed, without waiting for the rest; the caller answers and closes.
+ * Listeners rather than `for await`: leaving an async iterator early destroys the request, and with
+ * it the socket, before the refusal could be sent.
+ */
+function readBody(req: IncomingMessage, max: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const done = (err?: WardError) => {
+      req.off('data', onData);
+      req.off('end', onEnd);
+      req.off('close', onClose);
+      if (err) reject(err);
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    };
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > max) done(new WardError('WARD_CA_REQUEST_TOO_LARGE', `body exceeds ${max} bytes`));
+      else chunks.push(chunk);
+    };
+    const onEnd = () => done();
+    // 'close' before 'end': the client went away or a deadline cut the request off.
+    const onClose = () => done(new WardError('WARD_CA_REQUEST_INVALID', 'the request body ended before it was complete'));
+    if (req.destroyed) return onClose();
+    req.on('data', onData);
+    req.on('end', onEnd);
+    req.on('close', onClose);
+  });
+}
+
+async function closeServer(server: HttpServer | HttpsServer, graceMs: number, sockets: Set<Socket>): Promise<void> {
   const closed = new Promise<void>((resolve) => server.close(() => resolve()));
   server.closeIdleConnections();
-  const timer = setTimeout(() => server.closeAllConnections(), graceMs);
+  const timer = setTimeout(() => {
+    server.closeAllConnections();
+    // Connections node:http does not know of yet (still in the TLS handshake).
+    for (const s of sockets) s.destroy();
+  }, graceMs);
   timer.unref();
   await closed;
   clearTimeout(timer);

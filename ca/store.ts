@@ -21,6 +21,9 @@
  * Durability: whole files are replaced with write-tmp → fsync → rename → fsync(dir), so a reader (or
  * a restart after a crash at any point) sees either the old or the new content, never a torn file.
  * Temporary files are named `.<name>.tmp-<pid>-<random>` and swept at open.
+ *
+ * One process owns a state directory at a time: nothing here locks against a second CA process
+ * (for example two replicas on a shared volume), which would interleave appends and rotations.
  */
 import { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, stat, unlink, chmod } from 'node:fs/promises';

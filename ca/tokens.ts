@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { WardError } from '../core/errors.js';
 import type { Clock } from '../core/clock.js';
 import { SpiffeId } from '../core/identity/index.js';
-import { KEY_FILE_MODE, STATE_DIR_MODE, writeFileDurable, removeFileDurable } from './store.js';
+import { KEY_FILE_MODE, STATE_DIR_MODE, fsyncDir, writeFileDurable, removeFileDurable } from './store.js';
 
 export const TOKENS_DIR = 'tokens';
 export const TOKEN_PREFIX = 'wardjt_';
@@ -72,9 +72,9 @@ export class JoinTokens {
   async consume(token: string): Promise<SpiffeId> {
     if (typeof token !== 'string' || !TOKEN_RE.test(token)) throw new WardError('WARD_CA_TOKEN_INVALID', 'join token is malformed');
     const path = join(this.#dir, `${hashToken(token)}.json`);
-    let record: TokenFile;
+    let record: unknown;
     try {
-      record = JSON.parse(await readFile(path, 'utf8')) as TokenFile;
+      record = JSON.parse(await readFile(path, 'utf8'));
     } catch {
       throw new WardError('WARD_CA_TOKEN_INVALID', 'join token is unknown or already used');
     }
@@ -84,8 +84,17 @@ export class JoinTokens {
       // Someone else consumed it between our read and our unlink.
       throw new WardError('WARD_CA_TOKEN_INVALID', 'join token is unknown or already used');
     }
-    if (!(Date.parse(record.expiresAt) > this.#clock.now())) throw new WardError('WARD_CA_TOKEN_INVALID', 'join token has expired');
-    return SpiffeId.node(this.#trustDomain, record.node);
+    // The removal must survive a crash before the certificate goes out, or the token could be
+    // replayed after a restart.
+    await fsyncDir(this.#dir);
+    const { node, expiresAt } = (record ?? {}) as Partial<TokenFile>;
+    if (typeof node !== 'string' || typeof expiresAt !== 'string') throw new WardError('WARD_CA_TOKEN_INVALID', 'join token record is corrupt');
+    if (!(Date.parse(expiresAt) > this.#clock.now())) throw new WardError('WARD_CA_TOKEN_INVALID', 'join token has expired');
+    try {
+      return SpiffeId.node(this.#trustDomain, node);
+    } catch (cause) {
+      throw new WardError('WARD_CA_TOKEN_INVALID', 'join token record names an invalid node', { cause });
+    }
   }
 
   /** Deletes expired tokens; returns how many. Run at start and periodically. */

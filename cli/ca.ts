@@ -1,6 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
-import { WardError } from '../core/errors.js';
-import { formatDuration, parseDuration, systemClock } from '../core/clock.js';
+import { userInfo } from 'node:os';
+import { WardError, isWardError } from '../core/errors.js';
+import { systemClock } from '../core/clock.js';
 import { createLogger, silentLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
@@ -8,15 +9,36 @@ import {
   CertificateAuthority,
   CaServer,
   JoinTokens,
+  MAX_LEAF_TTL_MS,
+  MIN_LEAF_TTL_MS,
+  assertLoopback,
   caWarnings,
   describeAuthority,
   readState,
   type CaReport,
+  type RotationStatus,
   type WorkloadAuthorizer,
 } from '../ca/index.js';
-import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, flag, optional, readAll, required, writeJson, type Command, type CliIo, type ParsedArgs } from './command.js';
+import {
+  EXIT_OK,
+  EXIT_PROBLEM,
+  JSON_FLAG,
+  durationFlag,
+  flag,
+  humanDuration,
+  optional,
+  readAll,
+  required,
+  writeJson,
+  type Command,
+  type CliIo,
+  type ParsedArgs,
+} from './command.js';
 
 const DEFAULT_WARN_WITHIN = '30d';
+// The CA refuses generated CA lifetimes under 2 days (ca/material.ts MIN_CA_TTL_MS); checked here
+// too so that the message names the flag and speaks in days rather than milliseconds.
+const MIN_CA_TTL_MS = 2 * 86_400_000;
 
 /** Reads the trust domain of an initialized state directory (no keys are opened). */
 export async function openStateInfo(stateDir: string): Promise<{ trustDomain: string }> {
@@ -39,13 +61,70 @@ async function readFileArg(path: string | undefined, what: string): Promise<stri
   }
 }
 
-function durationArg(args: ParsedArgs, name: string): number | undefined {
-  const text = optional(args, name);
-  if (text === undefined) return undefined;
-  const ms = parseDuration(text);
-  if (ms === undefined) throw new WardError('WARD_USAGE', `--${name} must be a duration such as 1h, 30m or 365d, got "${text}"`);
+/** A duration flag that must lie within [min, max] (a usage error otherwise, naming the flag). */
+function boundedDuration(args: ParsedArgs, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const ms = durationFlag(args, name);
+  if (ms !== undefined && (ms < min || ms > max)) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `at least ${humanDuration(min)}` : `between ${humanDuration(min)} and ${humanDuration(max)}`;
+    throw new WardError('WARD_USAGE', `--${name} must be ${range}, got "${optional(args, name)}"`);
+  }
   return ms;
 }
+
+/** --trust-domain: a bare name. A SPIFFE URI here is a common slip, worth its own message. */
+function trustDomainArg(args: ParsedArgs): string {
+  const text = String(args.values['trust-domain']);
+  if (text.includes('://')) {
+    throw new WardError('WARD_ID_INVALID', `--trust-domain wants a bare trust domain name such as example.org, not a URI ("${text}")`);
+  }
+  return parseTrustDomain(text);
+}
+
+/** Who ran an administrative command, for the inventory and audit log. */
+function operator(io: CliIo): string {
+  const fromEnv = io.env.USER ?? io.env.LOGNAME ?? io.env.USERNAME;
+  if (fromEnv) return fromEnv;
+  try {
+    return userInfo().username;
+  } catch {
+    // No passwd entry (e.g. an arbitrary uid in a container).
+    return `uid:${process.getuid?.() ?? 'unknown'}`;
+  }
+}
+
+/** BYO flags come in sets; say which flag is missing before reading any file. */
+function checkByoFlags(args: ParsedArgs): void {
+  const has = (n: string) => optional(args, n) !== undefined;
+  const root = ['root-cert', 'root-key'];
+  const int = ['intermediate-cert', 'intermediate-key', 'chain'];
+  if (root.some(has) && int.some(has)) throw new WardError('WARD_USAGE', 'bring either a root (--root-cert, --root-key) or an intermediate (--intermediate-cert, --intermediate-key, --chain), not both');
+  for (const set of [root, int]) {
+    const missing = set.filter((n) => !has(n));
+    if (missing.length > 0 && missing.length < set.length) {
+      throw new WardError('WARD_USAGE', `${set.map((n) => `--${n}`).join(', ')} go together; missing ${missing.map((n) => `--${n}`).join(', ')}`);
+    }
+  }
+}
+
+/** Reads the BYO material named by the flags (all undefined when none were given). */
+async function byoMaterial(args: ParsedArgs): Promise<{ rootCert?: string; rootKey?: string; intermediateCert?: string; intermediateKey?: string; chain?: string }> {
+  checkByoFlags(args);
+  return {
+    rootCert: await readFileArg(optional(args, 'root-cert'), 'root certificate'),
+    rootKey: await readFileArg(optional(args, 'root-key'), 'root key'),
+    intermediateCert: await readFileArg(optional(args, 'intermediate-cert'), 'intermediate certificate'),
+    intermediateKey: await readFileArg(optional(args, 'intermediate-key'), 'intermediate key'),
+    chain: await readFileArg(optional(args, 'chain'), 'chain'),
+  };
+}
+
+const BYO_OPTIONS = {
+  'root-cert': { type: 'string' },
+  'root-key': { type: 'string' },
+  'intermediate-cert': { type: 'string' },
+  'intermediate-key': { type: 'string' },
+  chain: { type: 'string' },
+} as const;
 
 function hostPort(text: string, what: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
@@ -62,11 +141,7 @@ const init: Command = {
   options: {
     state: { type: 'string' },
     'trust-domain': { type: 'string', default: 'cluster.local' },
-    'root-cert': { type: 'string' },
-    'root-key': { type: 'string' },
-    'intermediate-cert': { type: 'string' },
-    'intermediate-key': { type: 'string' },
-    chain: { type: 'string' },
+    ...BYO_OPTIONS,
     'root-ttl': { type: 'string' },
     'intermediate-ttl': { type: 'string' },
     ...JSON_FLAG,
@@ -93,19 +168,10 @@ Example:
   ward ca init --state .ward --trust-domain example.org && ward ca inspect --state .ward`,
   async run(args, io) {
     const stateDir = required(args, 'state');
-    const trustDomain = parseTrustDomain(String(args.values['trust-domain']));
-    const r = await CertificateAuthority.init({
-      stateDir,
-      trustDomain,
-      clock: systemClock,
-      rootCert: await readFileArg(optional(args, 'root-cert'), 'root certificate'),
-      rootKey: await readFileArg(optional(args, 'root-key'), 'root key'),
-      intermediateCert: await readFileArg(optional(args, 'intermediate-cert'), 'intermediate certificate'),
-      intermediateKey: await readFileArg(optional(args, 'intermediate-key'), 'intermediate key'),
-      chain: await readFileArg(optional(args, 'chain'), 'chain'),
-      rootTtlMs: durationArg(args, 'root-ttl'),
-      intermediateTtlMs: durationArg(args, 'intermediate-ttl'),
-    });
+    const trustDomain = trustDomainArg(args);
+    const rootTtlMs = boundedDuration(args, 'root-ttl', MIN_CA_TTL_MS);
+    const intermediateTtlMs = boundedDuration(args, 'intermediate-ttl', MIN_CA_TTL_MS);
+    const r = await CertificateAuthority.init({ stateDir, trustDomain, clock: systemClock, ...(await byoMaterial(args)), rootTtlMs, intermediateTtlMs });
     if (flag(args, 'json')) {
       writeJson(io, r);
     } else {
@@ -130,7 +196,7 @@ function renderReport(r: CaReport, now: number, warnWithinMs: number): string {
     const tags = [c.state, c.origin, c.active && c.role === 'intermediate' ? 'ACTIVE ISSUER' : '', c.inBundle ? 'in bundle' : ''].filter(Boolean).join(', ');
     L.push(`  ${c.role.padEnd(12)} ${c.fingerprint}`);
     L.push(`               subject ${c.subject || '(empty)'}`);
-    L.push(`               valid ${c.notBefore} → ${c.notAfter} (${left > 0 ? `${formatDuration(left)} left` : 'EXPIRED'})  [${tags}]`);
+    L.push(`               valid ${c.notBefore} → ${c.notAfter} (${left > 0 ? `${humanDuration(left)} left` : 'EXPIRED'})  [${tags}]`);
   }
   L.push('');
   L.push(`Rotation:      ${r.rotation.phase}${r.rotation.kind ? ` (${r.rotation.kind})` : ''}${r.rotation.retireAfter ? `, old material retirable after ${r.rotation.retireAfter}` : ''}`);
@@ -148,7 +214,7 @@ function renderReport(r: CaReport, now: number, warnWithinMs: number): string {
   }
   const warnings = caWarnings(r, now, warnWithinMs);
   L.push('');
-  if (warnings.length === 0) L.push(`✓ no warnings (threshold ${formatDuration(warnWithinMs)})`);
+  if (warnings.length === 0) L.push(`✓ no warnings (expiry threshold ${humanDuration(warnWithinMs)})`);
   for (const w of warnings) L.push(`${w.level === 'error' ? '×' : '‼'} ${w.message}`);
   return L.join('\n') + '\n';
 }
@@ -193,7 +259,7 @@ Exit status: 0 when nothing needs attention, 1 when a warning or error was found
     const stateDir = optional(args, 'state');
     const server = optional(args, 'server');
     if ((stateDir === undefined) === (server === undefined)) throw new WardError('WARD_USAGE', 'give exactly one of --state DIR or --server URL');
-    const warnWithinMs = durationArg(args, 'warn-within')!;
+    const warnWithinMs = durationFlag(args, 'warn-within')!;
     const latest = Number(optional(args, 'latest'));
     if (!Number.isInteger(latest) || latest < 0 || latest > 1000) throw new WardError('WARD_USAGE', '--latest must be 0..1000');
     const now = systemClock.now();
@@ -232,7 +298,7 @@ Flags:
   --id ID         the SPIFFE ID to certify, in the CA's trust domain
   --ttl DURATION  lifetime, 5m..24h (default 1h)
   --out FILE      write the chain (leaf + intermediates) here instead of standard output
-  --json          print {id, serial, notBefore, notAfter, certificate} as JSON
+  --json          print {id, serial, notBefore, notAfter, certificate (the chain), out} as JSON
 
 Example:
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout w.key -subj /CN=w -out w.csr
@@ -241,18 +307,33 @@ Example:
     const stateDir = required(args, 'state');
     const csrPath = required(args, 'csr');
     const id = SpiffeId.parse(required(args, 'id'));
-    const ttlMs = durationArg(args, 'ttl');
+    const ttlMs = boundedDuration(args, 'ttl', MIN_LEAF_TTL_MS, MAX_LEAF_TTL_MS);
+    // The state directory is checked before standard input is read, so a wrong --state fails at
+    // once instead of waiting on a terminal.
+    const { trustDomain } = await openStateInfo(stateDir);
+    if (!id.memberOf(trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `${id} is outside the CA's trust domain ${trustDomain}`);
     const csr = csrPath === '-' ? await readStdin(io) : await readFile(csrPath).catch((err: NodeJS.ErrnoException) => {
       throw new WardError('WARD_CONFIG_INVALID', `cannot read CSR ${csrPath}: ${err.code ?? err.message}`);
     });
-    const { trustDomain } = await openStateInfo(stateDir);
-    if (!id.memberOf(trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `${id} is outside the CA's trust domain ${trustDomain}`);
     const ca = await openCa(stateDir);
     try {
-      const r = await ca.issue({ csr, identity: id, requester: `admin:${io.env.USER ?? 'unknown'}`, ttlMs });
+      const r = await ca.issue({ csr, identity: id, requester: `admin:${operator(io)}`, ttlMs });
       const out = optional(args, 'out');
-      if (out) await writeFile(out, r.chainPem, { mode: 0o644 });
-      if (flag(args, 'json')) writeJson(io, { id: r.id.toString(), serial: r.serialHex, notBefore: r.notBefore, notAfter: r.notAfter, certificate: r.chainPem });
+      if (out) {
+        await writeFile(out, r.chainPem, { mode: 0o644 }).catch((err: NodeJS.ErrnoException) => {
+          throw new WardError('WARD_CONFIG_INVALID', `issued serial ${r.serialHex}, but cannot write ${out}: ${err.code ?? err.message}`);
+        });
+      }
+      if (flag(args, 'json')) {
+        writeJson(io, {
+          id: r.id.toString(),
+          serial: r.serialHex,
+          notBefore: r.notBefore.toISOString(),
+          notAfter: r.notAfter.toISOString(),
+          certificate: r.chainPem,
+          ...(out ? { out } : {}),
+        });
+      }
       else if (out) io.stdout.write(`✓ issued ${r.id} serial ${r.serialHex}, valid until ${r.notAfter.toISOString()} → ${out}\n`);
       else io.stdout.write(r.chainPem);
       return EXIT_OK;
@@ -269,18 +350,28 @@ async function readStdin(io: CliIo): Promise<Buffer> {
 const bundle: Command = {
   name: 'ca bundle',
   summary: 'print the trust bundle (PEM or SPIFFE JWKS)',
-  options: { state: { type: 'string' }, format: { type: 'string', default: 'pem' } },
-  help: `Usage: ward ca bundle --state DIR [--format pem|jwks]
+  options: { state: { type: 'string' }, format: { type: 'string' }, ...JSON_FLAG },
+  help: `Usage: ward ca bundle --state DIR [--format pem|jwks] [--json]
 
 Prints the trust bundle: every root peers must trust (two during a root rotation). PEM by default,
-or the SPIFFE bundle format (JWKS) with --format jwks. Safe to share: it holds no secrets.
+or the SPIFFE bundle format (JWKS, with spiffe_sequence) with --format jwks. Safe to share: it
+holds no secrets.
 
-Example:
-  ward ca bundle --state .ward > bundle.pem && openssl verify -CAfile bundle.pem -untrusted chain.pem leaf.pem`,
+Flags:
+  --state DIR          the CA state directory (required)
+  --format pem|jwks    output format (default pem)
+  --json               the same as --format jwks (the SPIFFE bundle is the JSON form)
+
+Examples:
+  ward ca bundle --state .ward > bundle.pem && openssl verify -CAfile bundle.pem -untrusted chain.pem leaf.pem
+  ward ca bundle --state .ward --format jwks > bundle.spiffe.json`,
   async run(args, io) {
-    const format = String(args.values.format);
+    const stateDir = required(args, 'state');
+    const given = optional(args, 'format');
+    if (flag(args, 'json') && given !== undefined && given !== 'jwks') throw new WardError('WARD_USAGE', `--json prints the JWKS form; it cannot be combined with --format ${given}`);
+    const format = flag(args, 'json') ? 'jwks' : (given ?? 'pem');
     if (format !== 'pem' && format !== 'jwks') throw new WardError('WARD_USAGE', `--format must be pem or jwks, got "${format}"`);
-    const ca = await openCa(required(args, 'state'));
+    const ca = await openCa(stateDir);
     try {
       const b = ca.bundle();
       io.stdout.write(format === 'pem' ? b.toPem() : JSON.stringify(b.toJwks({ sequence: ca.bundleSequence }), null, 2) + '\n');
@@ -291,11 +382,51 @@ Example:
   },
 };
 
+const ROTATE_STEPS = ['prepare', 'activate', 'retire', 'status'] as const;
+
+/**
+ * Rotation refusals are written for the library API ("prepare() first", "prepare('root', { rootCert,
+ * rootKey })"); on the command line the same advice reads as the commands and flags to use.
+ */
+function rotationAdvice(err: WardError): WardError {
+  const message = err.message
+    .replace(/prepare\('root', \{ rootCert, rootKey \}\)/g, 'ward ca rotate prepare --root --root-cert FILE --root-key FILE')
+    .replace(/prepare\('root', \{ intermediateCert, intermediateKey, chain \}\)/g, 'ward ca rotate prepare --root --intermediate-cert FILE --intermediate-key FILE --chain FILE')
+    .replace(/prepare\('intermediate', \{ intermediateCert, intermediateKey, chain \}\)/g, 'ward ca rotate prepare --intermediate-cert FILE --intermediate-key FILE --chain FILE')
+    .replace(/prepare\('root', \.\.\.\)/g, 'ward ca rotate prepare --root')
+    .replace(/\b(prepare|activate|retire)\(\)/g, '"ward ca rotate $1"')
+    .replace(/or force it \(/, 'or force it with --force (');
+  return message === err.message ? err : new WardError(err.code, message, { cause: err.cause });
+}
+
+function renderRotation(st: RotationStatus, step: string): string {
+  const L: string[] = [];
+  L.push(`rotation phase: ${st.phase}${st.kind ? ` (${st.kind})` : ''}`);
+  L.push(`  active issuer: ${st.active.issuer.fingerprint} (root ${st.active.root.fingerprint})`);
+  if (st.next) L.push(`  prepared:      ${st.next.issuer.fingerprint} (root ${st.next.root.fingerprint})`);
+  if (st.previous) L.push(`  previous:      ${st.previous.issuer.fingerprint} (root ${st.previous.root.fingerprint})`);
+  L.push(`  bundle roots:  ${st.bundleRoots.length} (sequence ${st.bundleSequence})`);
+  if (st.phase === 'prepared') {
+    L.push(
+      st.kind === 'root'
+        ? '  next: distribute the bundle (ward ca bundle) to every peer, then: ward ca rotate activate'
+        : '  next: ward ca rotate activate',
+    );
+  } else if (st.phase === 'activated') {
+    L.push(st.retireReady ? '  next: ward ca rotate retire (ready now)' : `  next: ward ca rotate retire, after ${st.retireAfter?.toISOString()} (or --force)`);
+  }
+  if (step !== 'status') {
+    // A CA server holds the material it opened; it does not follow changes made by another process.
+    L.push('  note: restart any "ward ca serve" running on this state directory to pick this step up');
+  }
+  return L.join('\n') + '\n';
+}
+
 const rotate: Command = {
   name: 'ca rotate',
   summary: 'rotate the intermediate or the root without downtime: prepare, activate, retire',
-  positionals: { min: 1, max: 1 },
-  options: { state: { type: 'string' }, root: { type: 'boolean', default: false }, force: { type: 'boolean', default: false }, ...JSON_FLAG },
+  positionals: { min: 1, max: 1, name: 'step (prepare, activate, retire or status)' },
+  options: { state: { type: 'string' }, root: { type: 'boolean', default: false }, force: { type: 'boolean', default: false }, ...BYO_OPTIONS, ...JSON_FLAG },
   help: `Usage: ward ca rotate prepare|activate|retire|status --state DIR [--root] [--force] [--json]
 
 Rotates CA material in three steps, each persisted (a restart resumes in the same phase):
@@ -306,34 +437,49 @@ Rotates CA material in three steps, each persisted (a restart resumes in the sam
             the last leaf the old root anchors has expired, unless --force.
   status    show the phase and what retire waits for.
 
-Running CA servers pick up each step (ward control watches the state directory).
+A running "ward ca serve" keeps the material it loaded at start: restart it after each step.
+
+Flags:
+  --state DIR          the CA state directory (required)
+  --root               prepare: rotate the root (and its intermediate), not just the intermediate
+  --force              retire: even while leaves the old root anchors are still valid
+  --root-cert FILE --root-key FILE
+                       prepare --root: bring your own new root (Ward makes the intermediate)
+  --intermediate-cert FILE --intermediate-key FILE --chain FILE
+                       prepare: bring your own new intermediate (required when Ward does not hold
+                       the root key, i.e. a CA initialized with --intermediate-cert)
+  --json               machine-readable output (the rotation status)
 
 Example (root rotation):
   ward ca rotate prepare --root --state .ward   # bundle now holds old + new root
   ward ca rotate activate --state .ward         # new leaves chain to the new root
   ward ca rotate retire --state .ward           # after old leaves expire (1h by default)`,
   async run(args, io) {
-    const step = args.positionals[0];
-    if (!['prepare', 'activate', 'retire', 'status'].includes(step)) throw new WardError('WARD_USAGE', `unknown step "${step}"; use prepare, activate, retire or status`);
-    const ca = await openCa(required(args, 'state'));
+    const step = args.positionals[0] as (typeof ROTATE_STEPS)[number];
+    if (!ROTATE_STEPS.includes(step)) throw new WardError('WARD_USAGE', `unknown step "${step}"; use prepare, activate, retire or status`);
+    const stateDir = required(args, 'state');
+    if (flag(args, 'root') && step !== 'prepare') throw new WardError('WARD_USAGE', '--root applies to "ward ca rotate prepare" only');
+    if (flag(args, 'force') && step !== 'retire') throw new WardError('WARD_USAGE', '--force applies to "ward ca rotate retire" only');
+    const byoGiven = Object.keys(BYO_OPTIONS).some((n) => optional(args, n) !== undefined);
+    if (byoGiven && step !== 'prepare') throw new WardError('WARD_USAGE', 'certificate and key files apply to "ward ca rotate prepare" only');
+    const material = step === 'prepare' ? await byoMaterial(args) : {};
+    const ca = await openCa(stateDir);
     try {
-      const st =
-        step === 'prepare'
-          ? await ca.rotation.prepare(flag(args, 'root') ? 'root' : 'intermediate')
-          : step === 'activate'
-            ? await ca.rotation.activate()
-            : step === 'retire'
-              ? await ca.rotation.retire({ force: flag(args, 'force') })
-              : ca.rotation.status();
-      if (flag(args, 'json')) writeJson(io, st);
-      else {
-        io.stdout.write(`rotation phase: ${st.phase}${st.kind ? ` (${st.kind})` : ''}\n`);
-        io.stdout.write(`  active issuer: ${st.active.issuer.fingerprint} (root ${st.active.root.fingerprint})\n`);
-        if (st.next) io.stdout.write(`  prepared:      ${st.next.issuer.fingerprint} (root ${st.next.root.fingerprint})\n`);
-        if (st.previous) io.stdout.write(`  previous:      ${st.previous.issuer.fingerprint} (root ${st.previous.root.fingerprint})\n`);
-        io.stdout.write(`  bundle roots:  ${st.bundleRoots.length} (sequence ${st.bundleSequence})\n`);
-        if (st.phase === 'activated') io.stdout.write(st.retireReady ? '  retire: ready now\n' : `  retire: after ${st.retireAfter?.toISOString()}\n`);
+      let st: RotationStatus;
+      try {
+        st =
+          step === 'prepare'
+            ? await ca.rotation.prepare(flag(args, 'root') ? 'root' : 'intermediate', material)
+            : step === 'activate'
+              ? await ca.rotation.activate()
+              : step === 'retire'
+                ? await ca.rotation.retire({ force: flag(args, 'force') })
+                : ca.rotation.status();
+      } catch (err) {
+        throw isWardError(err, 'WARD_CA_ROTATION_INVALID') ? rotationAdvice(err) : err;
       }
+      if (flag(args, 'json')) writeJson(io, st);
+      else io.stdout.write(renderRotation(st, step));
       return EXIT_OK;
     } finally {
       await ca.close();

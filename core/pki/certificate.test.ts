@@ -127,6 +127,23 @@ describe('LeafSigner (X.509-SVID leaf profile)', () => {
     expect(fp.trim()).toBe(`sha256 Fingerprint=${leaf.fingerprintSha256}`);
   });
 
+  it('signAsync (thread-pool signature) encodes exactly what sign() does and verifies under the issuer', async () => {
+    const { inter, signer } = hierarchy();
+    const publicKeyDer = PrivateKey.generate().publicKeyDer();
+    const serial = Buffer.from('0123456789abcdef0123456789abcdef', 'hex');
+    const a = signer.sign({ publicKeyDer, id: ID, notBefore: LEAF_NB, notAfter: LEAF_NA, serial });
+    const b = await signer.signAsync({ publicKeyDer, id: ID, notBefore: LEAF_NB, notAfter: LEAF_NA, serial });
+    // ECDSA signatures are randomized, so compare the signed part (everything before the signature).
+    // Both are a few hundred bytes: outer and TBS SEQUENCE headers use the 0x82 two-byte length form.
+    const tbsOf = (der: Buffer) => {
+      expect([der[1], der[5]]).toEqual([0x82, 0x82]);
+      return der.subarray(4, 8 + der.readUInt16BE(6)).toString('hex');
+    };
+    expect(tbsOf(b.der)).toBe(tbsOf(a.der));
+    expect(parseCertificate(b.der).x509.verify(inter.publicKey)).toBe(true);
+    expect(b.serialHex).toBe(a.serialHex);
+  });
+
   it('passes `openssl verify` for client and server use, strict mode, root as CAfile and intermediate untrusted', async () => {
     const { root, inter, signer } = hierarchy();
     const issued = signer.sign({ publicKeyDer: PrivateKey.generate().publicKeyDer(), id: ID, notBefore: LEAF_NB, notAfter: LEAF_NA });
@@ -254,6 +271,7 @@ describe('LeafSigner (X.509-SVID leaf profile)', () => {
     const key = PrivateKey.generate().publicKeyDer();
     expect(() => signer.sign({ publicKeyDer: key, id: ID, notBefore: LEAF_NB, notAfter: new Date(NA.getTime() + 1000) })).toThrow(/BUG: leaf notAfter/);
     expect(() => signer.sign({ publicKeyDer: key, id: ID, notBefore: LEAF_NA, notAfter: LEAF_NB })).toThrow(/BUG: notAfter/);
+    expect(() => signer.sign({ publicKeyDer: key, id: ID, notBefore: LEAF_NB, notAfter: new Date(Number.NaN) })).toThrow(/BUG: notBefore\/notAfter must be valid Dates/);
     // Exactly at the issuer's notAfter is allowed.
     expect(signer.sign({ publicKeyDer: key, id: ID, notBefore: LEAF_NB, notAfter: NA }).notAfter).toEqual(NA);
   });

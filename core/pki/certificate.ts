@@ -1,4 +1,4 @@
-import { createHash, randomFillSync, sign as cryptoSign, X509Certificate, type KeyObject } from 'node:crypto';
+import { createHash, hash, randomFillSync, sign as cryptoSign, X509Certificate, type KeyObject } from 'node:crypto';
 import { bug, WardError } from '../errors.js';
 import { parseTrustDomain, type SpiffeId } from '../identity/spiffe-id.js';
 import {
@@ -7,6 +7,7 @@ import {
   DER_TRUE,
   DerCursor,
   DerError,
+  elementSize,
   encodeBitString,
   encodeName,
   encodeNamedBits,
@@ -30,8 +31,11 @@ import {
   seq,
   TAG,
   tlv,
+  timeSize,
   toPem,
   type Tlv,
+  writeHeader,
+  writeTime,
 } from './der.js';
 import type { PrivateKey } from './keys.js';
 
@@ -108,7 +112,7 @@ function isP256Spki(spki: Buffer): boolean {
  * the same value OpenSSL computes, so `openssl x509 -text` and our certificates agree.
  */
 function keyIdentifier(subjectPublicKeyBits: Buffer): Buffer {
-  return createHash('sha1').update(subjectPublicKeyBits).digest();
+  return hash('sha1', subjectPublicKeyBits, 'buffer');
 }
 
 /** The subjectPublicKey bits of any SPKI (for key identifiers of non-P-256 issuer keys). */
@@ -516,14 +520,20 @@ function caExtensions(pathLen: number | undefined): Buffer[] {
 let serialPool = Buffer.alloc(0);
 let serialPos = 0;
 
-function randomSerial(): Buffer {
+/** Writes 16 fresh random serial bytes (top bits 01) at `pos`. */
+function writeRandomSerial(out: Buffer, pos: number): void {
   if (serialPos + 16 > serialPool.length) {
     serialPool = randomFillSync(Buffer.allocUnsafe(4096));
     serialPos = 0;
   }
-  const s = Buffer.from(serialPool.subarray(serialPos, serialPos + 16));
+  serialPool.copy(out, pos, serialPos, serialPos + 16);
   serialPos += 16;
-  s[0] = (s[0] & 0x3f) | 0x40;
+  out[pos] = (out[pos] & 0x3f) | 0x40;
+}
+
+function randomSerial(): Buffer {
+  const s = Buffer.allocUnsafe(16);
+  writeRandomSerial(s, 0);
   return s;
 }
 
@@ -539,7 +549,9 @@ function encodeSerial(serial: Buffer | undefined): { tlv: Buffer; hex: string } 
 }
 
 function checkValidity(notBefore: Date, notAfter: Date): { notBefore: Date; notAfter: Date } {
-  if (!(notBefore instanceof Date) || !(notAfter instanceof Date)) bug('notBefore/notAfter must be Dates');
+  if (!(notBefore instanceof Date) || !(notAfter instanceof Date) || Number.isNaN(notBefore.getTime()) || Number.isNaN(notAfter.getTime())) {
+    bug('notBefore/notAfter must be valid Dates');
+  }
   const nb = floorToSecond(notBefore);
   const na = floorToSecond(notAfter);
   if (!(na.getTime() > nb.getTime())) bug(`notAfter ${notAfter.toISOString()} is not after notBefore ${notBefore.toISOString()}`);
@@ -652,6 +664,11 @@ function checkIssuer(issuer: Issuer): { nameDer: Buffer; keyId: Buffer; key: Key
   return { nameDer: cert.subjectDer, keyId, key: key.keyObject };
 }
 
+/** extnID subjectAltName + critical TRUE: the fixed start of the leaf's SAN extension. */
+const SAN_CRITICAL_PREFIX = Buffer.concat([EXT_OID.subjectAltName, DER_TRUE]);
+/** The whole SKI extension up to its 20-byte key identifier. */
+const SKI_PREFIX = skiExtension(Buffer.alloc(20)).subarray(0, 11);
+
 export interface IssuedCertificate {
   der: Buffer;
   serialHex: string;
@@ -672,6 +689,15 @@ export interface IssuedCertificate {
  * URI (critical, because the subject is empty), SKI (RFC 5280 method 1), AKI = issuer key id;
  * ecdsa-with-SHA256.
  */
+/** What a leaf certifies; see LeafSigner.sign. */
+export interface LeafRequest {
+  publicKeyDer: Buffer;
+  id: SpiffeId;
+  notBefore: Date;
+  notAfter: Date;
+  serial?: Buffer;
+}
+
 export class LeafSigner {
   readonly issuer: Issuer;
   readonly #key: KeyObject;
@@ -699,30 +725,107 @@ export class LeafSigner {
    * `publicKeyDer` must be an uncompressed P-256 SPKI (what parseCsr returns; parseCsr is where the
    * point is checked to be on the curve). notBefore/notAfter are the caller's policy (backdating,
    * clamping); notAfter past the issuer's notAfter is a caller bug and throws.
+   *
+   * The TBSCertificate is written in one pass into one buffer whose size is computed up front
+   * (only the URI and the two Time encodings vary in length), so a certificate costs two
+   * allocations, one SHA-1 and one ECDSA signature. The layout is the one the encoders above
+   * produce for CA certificates; the tests parse the result back with Ward, node:crypto and openssl.
    */
-  sign(o: { publicKeyDer: Buffer; id: SpiffeId; notBefore: Date; notAfter: Date; serial?: Buffer }): IssuedCertificate {
+  sign(o: LeafRequest): IssuedCertificate {
+    const t = this.#tbs(o);
+    return this.#wrap(t, cryptoSign('sha256', t.tbs, { key: this.#key, dsaEncoding: 'der' }));
+  }
+
+  /**
+   * Same as sign(), but the ECDSA signature runs on libuv's thread pool (node:crypto's callback
+   * form), so a busy CA uses every core: the main thread encodes the next certificate while
+   * another core signs this one. The encoding is identical.
+   */
+  signAsync(o: LeafRequest): Promise<IssuedCertificate> {
+    const t = this.#tbs(o);
+    return new Promise((resolve, reject) => {
+      cryptoSign('sha256', t.tbs, { key: this.#key, dsaEncoding: 'der' }, (err, signature) => {
+        if (err) reject(err);
+        else resolve(this.#wrap(t, signature));
+      });
+    });
+  }
+
+  #tbs(o: LeafRequest): { tbs: Buffer; serialHex: string; notBefore: Date; notAfter: Date } {
     const spki = o.publicKeyDer;
     if (!isP256Spki(spki)) throw new WardError('WARD_PKI_KEY_INVALID', 'leaf public key must be an uncompressed ECDSA P-256 SubjectPublicKeyInfo');
     const v = checkValidity(o.notBefore, o.notAfter);
     if (v.notAfter.getTime() > this.#notAfterLimit) {
       bug(`leaf notAfter ${v.notAfter.toISOString()} is past the issuer's ${this.issuer.cert.notAfter.toISOString()}; clamp it first`);
     }
-    const serial = encodeSerial(o.serial);
-    const keyId = keyIdentifier(spki.subarray(P256_SPKI_PREFIX.length));
-    const extensions = tlv(
-      0xa3,
-      seq(this.#extensionsBeforeSan, uriSanExtension(o.id.toString(), true), skiExtension(keyId), this.#aki),
-    );
-    const tbs = seq(
-      VERSION_V3,
-      serial.tlv,
-      this.#algAndIssuer,
-      seq(encodeTime(v.notBefore), encodeTime(v.notAfter)),
-      EMPTY_NAME,
-      spki,
-      extensions,
-    );
-    const der = signCertificate(tbs, this.#key);
-    return { der, serialHex: serial.hex, notBefore: v.notBefore, notAfter: v.notAfter, pem: () => toPem(der) };
+    const chosenSerial = o.serial === undefined ? undefined : encodeSerial(o.serial);
+    // A SpiffeId is ASCII by construction, so its length in characters is its length in bytes.
+    const uri = o.id.toString();
+
+    // Sizes, innermost first.
+    const uriName = elementSize(uri.length); // [6] IA5String
+    const generalNames = elementSize(uriName);
+    const sanBody = SAN_CRITICAL_PREFIX.length + elementSize(generalNames);
+    const extList = this.#extensionsBeforeSan.length + elementSize(sanBody) + SKI_PREFIX.length + 20 + this.#aki.length;
+    const extWrapper = elementSize(extList);
+    const validity = timeSize(v.notBefore) + timeSize(v.notAfter);
+    const tbsBody =
+      VERSION_V3.length +
+      (chosenSerial ? chosenSerial.tlv.length : 18) +
+      this.#algAndIssuer.length +
+      elementSize(validity) +
+      EMPTY_NAME.length +
+      spki.length +
+      elementSize(extWrapper);
+
+    const tbs = Buffer.allocUnsafe(elementSize(tbsBody));
+    let p = writeHeader(tbs, 0, TAG.SEQUENCE, tbsBody);
+    p += VERSION_V3.copy(tbs, p);
+    let serialHex: string;
+    if (chosenSerial) {
+      p += chosenSerial.tlv.copy(tbs, p);
+      serialHex = chosenSerial.hex;
+    } else {
+      tbs[p++] = TAG.INTEGER;
+      tbs[p++] = 16;
+      writeRandomSerial(tbs, p);
+      serialHex = tbs.toString('hex', p, p + 16);
+      p += 16;
+    }
+    p += this.#algAndIssuer.copy(tbs, p);
+    p = writeHeader(tbs, p, TAG.SEQUENCE, validity);
+    p = writeTime(tbs, p, v.notBefore);
+    p = writeTime(tbs, p, v.notAfter);
+    p += EMPTY_NAME.copy(tbs, p);
+    p += spki.copy(tbs, p);
+    p = writeHeader(tbs, p, 0xa3, extWrapper);
+    p = writeHeader(tbs, p, TAG.SEQUENCE, extList);
+    p += this.#extensionsBeforeSan.copy(tbs, p);
+    p = writeHeader(tbs, p, TAG.SEQUENCE, sanBody);
+    p += SAN_CRITICAL_PREFIX.copy(tbs, p);
+    p = writeHeader(tbs, p, TAG.OCTET_STRING, generalNames);
+    p = writeHeader(tbs, p, TAG.SEQUENCE, uriName);
+    p = writeHeader(tbs, p, 0x86, uri.length);
+    p += tbs.write(uri, p, 'latin1');
+    p += SKI_PREFIX.copy(tbs, p);
+    p += keyIdentifier(spki.subarray(P256_SPKI_PREFIX.length)).copy(tbs, p);
+    p += this.#aki.copy(tbs, p);
+    if (p !== tbs.length) bug(`LeafSigner wrote ${p} TBS bytes, expected ${tbs.length}`);
+
+    return { tbs, serialHex, notBefore: v.notBefore, notAfter: v.notAfter };
+  }
+
+  #wrap(t: { tbs: Buffer; serialHex: string; notBefore: Date; notAfter: Date }, signature: Buffer): IssuedCertificate {
+    const { tbs, serialHex } = t;
+    const bitString = signature.length + 1;
+    const certBody = tbs.length + ECDSA_SHA256_ALG_ID.length + elementSize(bitString);
+    const der = Buffer.allocUnsafe(elementSize(certBody));
+    let q = writeHeader(der, 0, TAG.SEQUENCE, certBody);
+    q += tbs.copy(der, q);
+    q += ECDSA_SHA256_ALG_ID.copy(der, q);
+    q = writeHeader(der, q, TAG.BIT_STRING, bitString);
+    der[q++] = 0; // no unused bits
+    signature.copy(der, q);
+    return { der, serialHex, notBefore: t.notBefore, notAfter: t.notAfter, pem: () => toPem(der) };
   }
 }

@@ -23,6 +23,7 @@ import {
   TAG,
   tlv,
   toPem,
+  type PemBlock,
   type Tlv,
 } from './der.js';
 import type { PrivateKey } from './keys.js';
@@ -102,6 +103,50 @@ function invalid(message: string, cause?: unknown): WardError {
  * calls: every input here is attacker-controlled.
  */
 export function parseCsr(input: string | Buffer): CsrRequest {
+  const p = prepareCsr(input);
+  let ok: boolean;
+  try {
+    ok = cryptoVerify('sha256', p.signedBytes, { key: p.key, dsaEncoding: 'der' }, p.signature);
+  } catch (err) {
+    throw invalid('CSR signature is malformed (proof of possession failed)', err);
+  }
+  if (!ok) throw invalid('CSR signature does not verify (proof of possession failed)');
+  return p.request;
+}
+
+/**
+ * Same checks as parseCsr, but the signature verification (the most expensive step) runs on
+ * libuv's thread pool through node:crypto's callback form, so concurrent issuances use every core.
+ */
+export function parseCsrAsync(input: string | Buffer): Promise<CsrRequest> {
+  let p: PreparedCsr;
+  try {
+    p = prepareCsr(input);
+  } catch (err) {
+    return Promise.reject(err);
+  }
+  return new Promise((resolve, reject) => {
+    try {
+      cryptoVerify('sha256', p.signedBytes, { key: p.key, dsaEncoding: 'der' }, p.signature, (err, ok) => {
+        if (err) reject(invalid('CSR signature is malformed (proof of possession failed)', err));
+        else if (!ok) reject(invalid('CSR signature does not verify (proof of possession failed)'));
+        else resolve(p.request);
+      });
+    } catch (err) {
+      reject(invalid('CSR signature is malformed (proof of possession failed)', err));
+    }
+  });
+}
+
+interface PreparedCsr {
+  request: CsrRequest;
+  key: KeyObject;
+  signedBytes: Buffer;
+  signature: Buffer;
+}
+
+/** Everything but the signature check: size bound, PEM, DER walk, key import. */
+function prepareCsr(input: string | Buffer): PreparedCsr {
   if (typeof input !== 'string' && !Buffer.isBuffer(input)) throw invalid('CSR must be a PEM string or a DER buffer');
   // String length counts UTF-16 units, never more than the UTF-8 bytes; non-ASCII fails PEM anyway.
   if (input.length > MAX_CSR_BYTES) {
@@ -109,7 +154,7 @@ export function parseCsr(input: string | Buffer): CsrRequest {
   }
   if (input.length === 0) throw invalid('CSR is empty');
   const der = Buffer.isBuffer(input) && input[0] === TAG.SEQUENCE ? input : decodeCsrPem(input);
-  let parsed: ReturnType<typeof walkCsr>;
+  let parsed: WalkedCsr;
   try {
     parsed = walkCsr(der);
   } catch (err) {
@@ -122,19 +167,12 @@ export function parseCsr(input: string | Buffer): CsrRequest {
   } catch (err) {
     throw invalid('CSR public key is not a valid P-256 point', err);
   }
-  let ok: boolean;
-  try {
-    ok = cryptoVerify('sha256', parsed.signedBytes, { key, dsaEncoding: 'der' }, parsed.signature);
-  } catch (err) {
-    throw invalid('CSR signature is malformed (proof of possession failed)', err);
-  }
-  if (!ok) throw invalid('CSR signature does not verify (proof of possession failed)');
-  return parsed.request;
+  return { request: parsed.request, key, signedBytes: parsed.signedBytes, signature: parsed.signature };
 }
 
 function decodeCsrPem(input: string | Buffer): Buffer {
   const text = typeof input === 'string' ? input : input.toString('latin1');
-  let blocks;
+  let blocks: PemBlock[];
   try {
     const r = readPemBlocks(text);
     if (r.textOutside) throw new DerError('unexpected text outside the PEM block');
@@ -177,12 +215,6 @@ function walkCsr(der: Buffer): WalkedCsr {
   const sigAlg = oc.expect(TAG.SEQUENCE, 'signatureAlgorithm');
   const sigBits = readBitString(der, oc.expect(TAG.BIT_STRING, 'signature'), 'signature');
   oc.finish('CertificationRequest');
-  if (!raw(der, sigAlg).equals(ECDSA_SHA256_ALG_ID)) {
-    const oid = readOid(der, DerCursor.inside(der, sigAlg).next('signatureAlgorithm'), 'signatureAlgorithm');
-    const name = oid === '1.2.840.10045.4.3.2' ? 'ecdsa-with-SHA256 with parameters' : (SIGNATURE_ALGORITHMS[oid] ?? oid);
-    throw new DerError(`signature algorithm ${name} is not accepted; only ecdsa-with-SHA256`);
-  }
-  if (sigBits.unused !== 0) throw new DerError('signature BIT STRING has unused bits');
 
   const c = DerCursor.inside(der, info);
   const version = readSmallInteger(der, c.expect(TAG.INTEGER, 'version'), 'version');
@@ -193,7 +225,14 @@ function walkCsr(der: Buffer): WalkedCsr {
   const attributes = c.optional(0xa0, 'attributes');
   c.finish('certificationRequestInfo');
 
+  // The key type is checked before the signature algorithm: "RSA key" is the more useful refusal.
   const point = readP256Point(der, spki);
+  if (!raw(der, sigAlg).equals(ECDSA_SHA256_ALG_ID)) {
+    const oid = readOid(der, DerCursor.inside(der, sigAlg).next('signatureAlgorithm'), 'signatureAlgorithm');
+    const name = oid === '1.2.840.10045.4.3.2' ? 'ecdsa-with-SHA256 with parameters' : (SIGNATURE_ALGORITHMS[oid] ?? oid);
+    throw new DerError(`signature algorithm ${name} is not accepted; only ecdsa-with-SHA256`);
+  }
+  if (sigBits.unused !== 0) throw new DerError('signature BIT STRING has unused bits');
   const request: CsrRequest = {
     publicKeyDer: Buffer.concat([P256_SPKI_PREFIX, point]),
     subject,
@@ -329,7 +368,6 @@ export function createCsr(key: PrivateKey, o: { uri?: string; dnsNames?: string[
 }
 
 function ia5(value: string, what: string): Buffer {
-  // eslint-disable-next-line no-control-regex
   if (!/^[\x20-\x7e]+$/.test(value)) throw invalid(`${what} ${JSON.stringify(value.slice(0, 80))} is empty or not printable ASCII`);
   return Buffer.from(value, 'latin1');
 }

@@ -319,20 +319,30 @@ function lengthSize(len: number): number {
   return len < 0x80 ? 1 : len < 0x100 ? 2 : len < 0x10000 ? 3 : len < 0x1000000 ? 4 : 5;
 }
 
+/** Size of a whole element (tag + length + content) with `len` content bytes. */
+export function elementSize(len: number): number {
+  return 1 + lengthSize(len) + len;
+}
+
+/** Writes a tag and a DER length at `pos`; returns the position of the content. */
+export function writeHeader(out: Buffer, pos: number, tag: number, len: number): number {
+  out[pos++] = tag;
+  const ls = lengthSize(len);
+  if (ls === 1) {
+    out[pos++] = len;
+  } else {
+    out[pos++] = 0x80 | (ls - 1);
+    for (let i = ls - 2; i >= 0; i--) out[pos++] = (len >>> (8 * i)) & 0xff;
+  }
+  return pos;
+}
+
 /** One element from a tag and its content parts, written into a single allocation. */
 export function tlv(tag: number, ...parts: Buffer[]): Buffer {
   let len = 0;
   for (const p of parts) len += p.length;
-  const ls = lengthSize(len);
-  const out = Buffer.allocUnsafe(1 + ls + len);
-  out[0] = tag;
-  let o = 1;
-  if (ls === 1) {
-    out[o++] = len;
-  } else {
-    out[o++] = 0x80 | (ls - 1);
-    for (let i = ls - 2; i >= 0; i--) out[o++] = (len >>> (8 * i)) & 0xff;
-  }
+  const out = Buffer.allocUnsafe(elementSize(len));
+  let o = writeHeader(out, 0, tag, len);
   for (const p of parts) {
     p.copy(out, o);
     o += p.length;
@@ -392,20 +402,34 @@ export function encodeNamedBits(bits: number[]): Buffer {
 }
 
 /**
- * RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050 (and before 1950).
+ * RFC 5280 §4.1.2.5: UTCTime for 1950 through 2049, GeneralizedTime otherwise.
  * Sub-second precision is dropped; callers that report the dates use floorToSecond().
  */
 export function encodeTime(d: Date): Buffer {
+  const out = Buffer.allocUnsafe(timeSize(d));
+  writeTime(out, 0, d);
+  return out;
+}
+
+function isUtcTimeYear(year: number): boolean {
+  return year >= 1950 && year < 2050;
+}
+
+/** Size of the whole Time element for `d` (15 for UTCTime, 17 for GeneralizedTime). */
+export function timeSize(d: Date): number {
+  return isUtcTimeYear(d.getUTCFullYear()) ? 15 : 17;
+}
+
+/** Writes the Time element for `d` at `pos`; returns the position after it. */
+export function writeTime(out: Buffer, pos: number, d: Date): number {
   const year = d.getUTCFullYear();
   if (!Number.isFinite(d.getTime()) || year < 0 || year > 9999) throw new Error(`BUG: cannot encode time ${String(d)}`);
-  const utc = year >= 1950 && year < 2050;
-  const out = Buffer.allocUnsafe(utc ? 15 : 17);
-  out[0] = utc ? TAG.UTC_TIME : TAG.GENERALIZED_TIME;
-  out[1] = utc ? 13 : 15;
-  let o = 2;
+  const utc = isUtcTimeYear(year);
+  out[pos++] = utc ? TAG.UTC_TIME : TAG.GENERALIZED_TIME;
+  out[pos++] = utc ? 13 : 15;
   const put2 = (v: number): void => {
-    out[o++] = 0x30 + Math.floor(v / 10);
-    out[o++] = 0x30 + (v % 10);
+    out[pos++] = 0x30 + Math.floor(v / 10);
+    out[pos++] = 0x30 + (v % 10);
   };
   if (!utc) put2(Math.floor(year / 100));
   put2(year % 100);
@@ -414,8 +438,8 @@ export function encodeTime(d: Date): Buffer {
   put2(d.getUTCHours());
   put2(d.getUTCMinutes());
   put2(d.getUTCSeconds());
-  out[o] = 0x5a; // 'Z'
-  return out;
+  out[pos++] = 0x5a; // 'Z'
+  return pos;
 }
 
 export function floorToSecond(d: Date): Date {
@@ -488,7 +512,6 @@ export function formatName(buf: Buffer, name: Tlv, what: string): string {
 }
 
 function escapeNameValue(v: string): string {
-  // eslint-disable-next-line no-control-regex
   return v.replace(/[,+\\"<>;=\x00-\x1f\x7f]/g, (ch) => {
     const code = ch.charCodeAt(0);
     return code < 0x20 || code === 0x7f ? `\\${code.toString(16).padStart(2, '0')}` : `\\${ch}`;

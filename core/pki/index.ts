@@ -10,8 +10,9 @@ export {
   LeafSigner,
   type Issuer,
   type IssuedCertificate,
+  type LeafRequest,
 } from './certificate.js';
-export { parseCsr, createCsr, MAX_CSR_BYTES, type CsrRequest } from './csr.js';
+export { parseCsr, parseCsrAsync, createCsr, MAX_CSR_BYTES, type CsrRequest } from './csr.js';
 export {
   validatePath,
   checkSvidLeaf,

@@ -1,3 +1,4 @@
+import { constants } from 'node:crypto';
 import type { PeerCertificate, SecureContextOptions, TLSSocket, ConnectionOptions } from 'node:tls';
 import { WardError } from '../errors.js';
 import type { SpiffeId } from '../identity/index.js';
@@ -31,6 +32,14 @@ export function meshServerOptions(creds: Credentials, opts: { requireClientCert:
     cert: creds.chainPem,
     key: creds.key.keyObject.export({ format: 'pem', type: 'pkcs8' }),
     ca: creds.bundle.toPem(),
+    // No session resumption: Node skips the client's checkServerIdentity (Ward's SVID check and
+    // secure naming) on a resumed session, so a client offering a session obtained from this server
+    // under one expected identity would accept it under another. Resumption would also let a client
+    // in without its certificate being checked against the current bundle. With tickets off, the
+    // TLS 1.3 tickets OpenSSL still sends are stateful and, with no session cache on a Node server
+    // (no 'resumeSession' listener), never resume. Connections are pooled, so a full handshake per
+    // connection is cheap. setSecureContext(meshServerOptions(...)) keeps this on the new context.
+    secureOptions: constants.SSL_OP_NO_TICKET,
     requestCert: true,
     // When client certificates are optional (the CA's bootstrap with a join token), OpenSSL must not
     // reject the handshake; the application then requires socket.authorized + peerIdentity().
@@ -41,6 +50,9 @@ export function meshServerOptions(creds: Credentials, opts: { requireClientCert:
 /**
  * Options for a mesh client that expects the server to be exactly `expectedId` (secure naming).
  * With `creds` absent the client presents no certificate (bootstrap) but still verifies the server.
+ * Do not add a `session` to resume (nor let a pool cache sessions, e.g. undici's
+ * maxCachedSessions: 0): Node does not call checkServerIdentity on a resumed session, so the SVID
+ * and secure-naming checks would be skipped. Mesh servers never resume (see meshServerOptions).
  */
 export function meshClientOptions(o: { bundle: TrustBundle; expectedId?: SpiffeId; creds?: Credentials }): ConnectionOptions {
   const { bundle, expectedId, creds } = o;

@@ -47,7 +47,7 @@ export async function tempDir(prefix = 'ward-test-'): Promise<string> {
   return dir;
 }
 
-/** Writes `files` (name → contents) into `dir` and returns their paths in the same order. */
+/** Writes `files` (name → contents) into `dir`; returns name → absolute path. */
 export async function writeFiles(dir: string, files: Record<string, string | Buffer>): Promise<Record<string, string>> {
   const paths: Record<string, string> = {};
   for (const [name, contents] of Object.entries(files)) {
