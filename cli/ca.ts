@@ -531,32 +531,76 @@ Flags:
 Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
   async run(args, io) {
     const stateDir = required(args, 'state');
-    if (flag(args, 'init') && !(await readState(stateDir))) {
-      const r = await CertificateAuthority.init({ stateDir, trustDomain: parseTrustDomain(String(args.values['trust-domain'])), clock: systemClock });
-      io.stderr.write(`ward ca serve: created a CA in ${stateDir} (trust domain ${r.trustDomain}, root ${r.root.fingerprint})\n`);
-    }
-    const { trustDomain } = await openStateInfo(stateDir);
-    const authorizer = staticAuthorizer(args.values.allow as string[], trustDomain);
+    // Every flag is checked before anything is created, opened or bound.
     const listen = hostPort(String(args.values.listen), '--listen');
     const admin = hostPort(String(args.values.admin), '--admin');
-    const logger = createLogger({ level: String(args.values['log-level']), component: 'ward-ca' });
+    try {
+      assertLoopback(admin.host);
+    } catch {
+      throw new WardError('WARD_USAGE', `--admin must be a loopback address (127.0.0.1, ::1, localhost): the admin API is unauthenticated; got "${admin.host}"`);
+    }
+    const level = String(args.values['log-level']);
+    if (!LOG_LEVELS.includes(level)) throw new WardError('WARD_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
+    const trustDomain = flag(args, 'init') ? trustDomainArg(args) : undefined;
+    if (trustDomain !== undefined && !(await readState(stateDir))) {
+      const r = await CertificateAuthority.init({ stateDir, trustDomain, clock: systemClock });
+      io.stderr.write(`ward ca serve: created a CA in ${stateDir} (trust domain ${r.trustDomain}, root ${r.root.fingerprint})\n`);
+    }
+    const info = await openStateInfo(stateDir);
+    const authorizer = staticAuthorizer(args.values.allow as string[], info.trustDomain);
+    // No component at the root: each part names itself (ca, ca.server) in its child logger.
+    const logger = createLogger({ level });
     const registry = createRegistry();
     const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger, registry });
-    const tokens = new JoinTokens({ stateDir, trustDomain, clock: systemClock });
+    const tokens = new JoinTokens({ stateDir, trustDomain: info.trustDomain, clock: systemClock });
     const server = new CaServer({ ca, tokens, authorizer, clock: systemClock, logger, registry, status: () => describeAuthority(ca, systemClock.now()) });
     const unsubscribe = ca.onChange(() => void server.refreshCredentials().catch((err) => logger.error({ err }, 'refreshing server credentials failed')));
-    const bound = await server.listen({ host: listen.host, port: listen.port, adminHost: admin.host, adminPort: admin.port });
-    io.stderr.write(`ward ca serve: mesh API https://${listen.host}:${bound.port}  admin http://${admin.host}:${bound.adminPort}\n`);
-    await new Promise<void>((resolve) => {
-      const stop = () => resolve();
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
-    });
-    unsubscribe();
-    await server.close();
-    await ca.close();
-    return EXIT_OK;
+    // Registered before listening, so a signal during start-up still stops cleanly.
+    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+    const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      let bound: { port: number; adminPort?: number };
+      try {
+        bound = await server.listen({ host: listen.host, port: listen.port, adminHost: admin.host, adminPort: admin.port });
+      } catch (err) {
+        throw listenError(err);
+      }
+      io.stderr.write(`ward ca serve: mesh API https://${hostText(listen.host)}:${bound.port}  admin http://${hostText(admin.host)}:${bound.adminPort}\n`);
+      const signal = await stopped;
+      io.stderr.write(`ward ca serve: ${signal}: draining and stopping\n`);
+      return EXIT_OK;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      unsubscribe();
+      await server.close();
+      await ca.close();
+      logger.flush();
+    }
   },
 };
+
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+/** IPv6 literals need brackets in a URL. */
+function hostText(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+/** A listen failure (address in use, not permitted, not local) in the operator's terms. */
+function listenError(err: unknown): unknown {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  const why: Record<string, string> = {
+    EADDRINUSE: 'the address is already in use',
+    EACCES: 'permission denied (ports below 1024 need privileges)',
+    EADDRNOTAVAIL: 'the address is not available on this machine',
+    ENOTFOUND: 'the host name does not resolve',
+  };
+  if (typeof e?.code !== 'string' || !why[e.code]) return err;
+  const where = e.address !== undefined ? `${hostText(e.address)}:${e.port}` : 'the requested address';
+  return new WardError('WARD_CONFIG_INVALID', `cannot listen on ${where}: ${why[e.code]}`, { cause: err });
+}
 
 export const caCommands: Command[] = [init, inspect, issue, bundle, rotate, serve];
