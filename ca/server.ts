@@ -265,22 +265,25 @@ export class CaServer {
     const path = url.split('?', 1)[0];
     // Read now: once a request is aborted, req.socket is null.
     const remote = req.socket.remoteAddress ?? 'unknown';
-    let route: Route = 'unknown';
+    const route: Route =
+      req.method === 'GET' && path === '/v1/health' ? 'health'
+      : req.method === 'GET' && (path === '/v1/bundle' || path === '/v1/bundle.jwks') ? 'bundle'
+      : req.method === 'POST' && path === '/v1/join' ? 'join'
+      : req.method === 'POST' && path === '/v1/issue' ? 'issue'
+      : 'unknown';
     try {
-      if (req.method === 'GET' && path === '/v1/health') {
-        route = 'health';
+      // Every request is rate-limited: by source address until the caller is authenticated (cheap
+      // refusals included, so they cannot be repeated without bound), then by its SPIFFE ID.
+      if (route !== 'issue') this.#limit(`addr:${remote}`);
+      if (route === 'health') {
         return this.#reply(res, route, 200, this.#health());
       }
-      if (req.method === 'GET' && (path === '/v1/bundle' || path === '/v1/bundle.jwks')) {
-        route = 'bundle';
-        this.#limit(`addr:${remote}`);
+      if (route === 'bundle') {
         const bundle = this.#o.ca.bundle();
         if (path === '/v1/bundle.jwks' || /application\/json/.test(req.headers.accept ?? '')) return this.#reply(res, route, 200, bundle.toJwks());
         return this.#replyText(res, route, 200, bundle.toPem(), 'application/x-pem-file');
       }
-      if (req.method === 'POST' && path === '/v1/join') {
-        route = 'join';
-        this.#limit(`addr:${remote}`);
+      if (route === 'join') {
         const body = await this.#readJson(req);
         const token = stringField(body, 'token', 128);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
@@ -289,9 +292,14 @@ export class CaServer {
         this.#log.info({ node: nodeId.toString(), serial: issued.serialHex }, 'node joined with a join token');
         return this.#reply(res, route, 200, this.#issuedBody(issued));
       }
-      if (req.method === 'POST' && path === '/v1/issue') {
-        route = 'issue';
-        const caller = this.#authenticate(req);
+      if (route === 'issue') {
+        let caller: SpiffeId;
+        try {
+          caller = this.#authenticate(req);
+        } catch (err) {
+          this.#limit(`addr:${remote}`);
+          throw err;
+        }
         this.#limit(`id:${caller.toString()}`);
         if (caller.nodeName === undefined) throw new WardError('WARD_CA_FORBIDDEN', `caller ${caller} is not a node proxy`);
         const body = await this.#readJson(req);

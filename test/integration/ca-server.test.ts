@@ -15,10 +15,11 @@ import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { CaServer, CertificateAuthority, assertLoopback, caServerId, type CaServerLimits } from '../../ca/index.js';
+// Not public: the test reads the issuing key to mint a hostile, validly chained client certificate.
+import { keyPath } from '../../ca/store.js';
 import { ERROR_CODES, isWardError, type WardErrorCode } from '../../core/errors.js';
 import { SpiffeId } from '../../core/identity/index.js';
 import { createRegistry } from '../../core/metrics.js';
-import { keyPath } from '../../ca/store.js';
 import {
   LeafSigner,
   createIntermediate,
@@ -129,7 +130,7 @@ async function opensslCsr(dir: string, name: string, args: string[]): Promise<st
   const key = PrivateKey.generate();
   await writeFile(join(dir, `${name}.key`), key.exportPem(), { mode: 0o600 });
   await opensslOk(['req', '-new', '-key', `${name}.key`, '-subj', '/CN=x', ...args, '-out', `${name}.csr`], { cwd: dir });
-  return opensslOk(['req', '-in', `${name}.csr`], { cwd: dir }).then((out) => out.slice(out.indexOf('-----BEGIN')));
+  return readFile(join(dir, `${name}.csr`), 'utf8');
 }
 
 describe('public routes', () => {
@@ -160,7 +161,7 @@ describe('public routes', () => {
     }
   });
 
-  it('presents spiffe://TD/ward/ca over TLS 1.3 only', async () => {
+  it('presents spiffe://TD/ward/ca over TLS 1.3, and a client pinning another identity refuses it', async () => {
     const h = await startCa();
     const socket = await tlsTo(h);
     expect(socket.getProtocol()).toBe('TLSv1.3');
@@ -199,7 +200,7 @@ describe('join tokens', () => {
     expect(h.ca.inventory.counts().total).toBe(1); // the server's own certificate only
   });
 
-  it('lets exactly one of two concurrent joins with the same token succeed', async () => {
+  it('lets exactly one of several concurrent joins with the same token succeed', async () => {
     const h = await startCa();
     const { token } = await h.tokens.create('node-1');
     const results = await Promise.all([0, 1, 2, 3].map(() => h.call('POST', '/v1/join', { body: { token, csr: csr() } })));
@@ -381,14 +382,14 @@ describe('CSR policy through the API', () => {
     flipped[flipped.length - 1] ^= 0x01; // last byte of the signature's S
     const lines = good.trim().split('\n');
     await opensslOk(['req', '-new', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'rsa.key', '-subj', '/CN=x', '-out', 'rsa.csr'], { cwd: dir });
-    const rsa = await opensslOk(['req', '-in', 'rsa.csr'], { cwd: dir });
+    const rsa = await readFile(join(dir, 'rsa.csr'), 'utf8');
     const cases: [string, string, WardErrorCode][] = [
       ['flipped signature bit', toPem(flipped, 'CERTIFICATE REQUEST'), 'WARD_PKI_CSR_INVALID'],
       ['truncated DER', toPem(der.subarray(0, der.length - 20), 'CERTIFICATE REQUEST'), 'WARD_PKI_CSR_INVALID'],
       ['truncated PEM (no END line)', lines.slice(0, 3).join('\n'), 'WARD_PKI_PEM_INVALID'],
       ['garbage base64', '-----BEGIN CERTIFICATE REQUEST-----\n!!!*** not base64 ***!!!\n-----END CERTIFICATE REQUEST-----\n', 'WARD_PKI_PEM_INVALID'],
       ['a certificate, not a CSR', node.chainPem.split('-----END CERTIFICATE-----')[0] + '-----END CERTIFICATE-----\n', 'WARD_PKI_PEM_INVALID'],
-      ['RSA key', rsa.slice(rsa.indexOf('-----BEGIN')), 'WARD_PKI_CSR_INVALID'],
+      ['RSA key', rsa, 'WARD_PKI_CSR_INVALID'],
       ['random bytes', toPem(Buffer.alloc(300, 0x30), 'CERTIFICATE REQUEST'), 'WARD_PKI_CSR_INVALID'],
     ];
     for (const [what, c, code] of cases) {
@@ -555,6 +556,17 @@ describe('hostile requests', () => {
     h.clock.advance(1_000);
     expect((await issueAs(a)).status).toBe(200);
     expect((await h.call('GET', '/v1/bundle')).status).toBe(200);
+  });
+
+  it('limits cheap refusals too: unauthenticated /v1/issue, health and unknown routes count per address', async () => {
+    const h = await startCa({ limits: { perClientBurst: 2, perClientPerSecond: 1 } });
+    const from = { localAddress: '127.0.0.3' };
+    expectError(await h.call('POST', '/v1/issue', { body: { csr: csr() }, ...from }), 401, 'WARD_CA_UNAUTHENTICATED');
+    expect((await h.call('GET', '/v1/health', from)).status).toBe(200);
+    expectError(await h.call('POST', '/v1/issue', { body: { csr: csr() }, ...from }), 429, 'WARD_CA_RATE_LIMITED');
+    expectError(await h.call('GET', '/nope', from), 429, 'WARD_CA_RATE_LIMITED');
+    expectError(await h.call('GET', '/v1/health', from), 429, 'WARD_CA_RATE_LIMITED');
+    expect((await h.call('GET', '/v1/health', { localAddress: '127.0.0.4' })).status).toBe(200);
   });
 });
 
