@@ -8,6 +8,7 @@ import type { CaCertSummary, RotationStatus } from './rotation.js';
 import type { InventoryRecord } from './inventory.js';
 import type { AuditRecord } from './audit.js';
 import type { CaCounts } from './authority.js';
+import { formatDuration } from '../core/clock.js';
 
 export interface CaCertReport {
   role: 'root' | 'intermediate';
@@ -78,6 +79,11 @@ export interface CaWarning {
   message: string;
 }
 
+/** "400d" rather than "400d 0h". */
+function roughly(ms: number): string {
+  return formatDuration(ms).replace(/ 0[hms]$/, '');
+}
+
 /** What deserves an operator's attention: expiry within `warnWithinMs`, expired material, ... */
 export function caWarnings(r: CaReport, now: number, warnWithinMs: number): CaWarning[] {
   const out: CaWarning[] = [];
@@ -85,7 +91,9 @@ export function caWarnings(r: CaReport, now: number, warnWithinMs: number): CaWa
     const left = Date.parse(c.notAfter) - now;
     const what = `${c.role} ${c.fingerprint.slice(0, 23)} (${c.state})`;
     if (left <= 0) out.push({ level: 'error', message: `${what} expired at ${c.notAfter}` });
-    else if (left < warnWithinMs && c.state !== 'previous') out.push({ level: 'warning', message: `${what} expires at ${c.notAfter}, within the warning threshold` });
+    else if (left < warnWithinMs && c.state !== 'previous') {
+      out.push({ level: 'warning', message: `${what} expires at ${c.notAfter}, in ${roughly(left)} (within the ${roughly(warnWithinMs)} warning threshold)` });
+    }
     if (Date.parse(c.notBefore) > now) out.push({ level: c.active ? 'error' : 'warning', message: `${what} is not valid until ${c.notBefore}` });
   }
   if (r.rotation.phase === 'activated' && r.rotation.retireReady) {

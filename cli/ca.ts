@@ -1,8 +1,9 @@
+import { watch, type FSWatcher } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { WardError, isWardError } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
-import { createLogger, silentLogger } from '../core/logger.js';
+import { createLogger, silentLogger, type Logger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
 import {
@@ -399,7 +400,7 @@ function rotationAdvice(err: WardError): WardError {
   return message === err.message ? err : new WardError(err.code, message, { cause: err.cause });
 }
 
-function renderRotation(st: RotationStatus, step: string): string {
+function renderRotation(st: RotationStatus): string {
   const L: string[] = [];
   L.push(`rotation phase: ${st.phase}${st.kind ? ` (${st.kind})` : ''}`);
   L.push(`  active issuer: ${st.active.issuer.fingerprint} (root ${st.active.root.fingerprint})`);
@@ -414,10 +415,6 @@ function renderRotation(st: RotationStatus, step: string): string {
     );
   } else if (st.phase === 'activated') {
     L.push(st.retireReady ? '  next: ward ca rotate retire (ready now)' : `  next: ward ca rotate retire, after ${st.retireAfter?.toISOString()} (or --force)`);
-  }
-  if (step !== 'status') {
-    // A CA server holds the material it opened; it does not follow changes made by another process.
-    L.push('  note: restart any "ward ca serve" running on this state directory to pick this step up');
   }
   return L.join('\n') + '\n';
 }
@@ -437,7 +434,7 @@ Rotates CA material in three steps, each persisted (a restart resumes in the sam
             the last leaf the old root anchors has expired, unless --force.
   status    show the phase and what retire waits for.
 
-A running "ward ca serve" keeps the material it loaded at start: restart it after each step.
+A running "ward ca serve" on DIR picks up each step by itself within seconds.
 
 Flags:
   --state DIR          the CA state directory (required)
@@ -479,7 +476,7 @@ Example (root rotation):
         throw isWardError(err, 'WARD_CA_ROTATION_INVALID') ? rotationAdvice(err) : err;
       }
       if (flag(args, 'json')) writeJson(io, st);
-      else io.stdout.write(renderRotation(st, step));
+      else io.stdout.write(renderRotation(st));
       return EXIT_OK;
     } finally {
       await ca.close();
@@ -495,6 +492,8 @@ export function staticAuthorizer(pairs: string[], trustDomain: string): Workload
     if (eq <= 0) throw new WardError('WARD_USAGE', `--allow wants NODE=SPIFFE_ID, got "${p}"`);
     const node = SpiffeId.node(trustDomain, p.slice(0, eq));
     const id = SpiffeId.parse(p.slice(eq + 1));
+    // The CA would refuse it at every request; say so at start instead.
+    if (!id.memberOf(trustDomain)) throw new WardError('WARD_USAGE', `--allow ${p}: ${id} is outside the CA's trust domain ${trustDomain}`);
     allowed.add(`${node} ${id}`);
   }
   return { mayObtain: (node, id) => allowed.has(`${node} ${id}`) };
@@ -526,9 +525,17 @@ Flags:
   --admin HOST:PORT    admin address, loopback only (default 127.0.0.1:9443)
   --allow NODE=ID      let node NODE obtain workload identity ID (repeatable); nodes always renew their own
   --init               create the CA first when DIR holds none (with --trust-domain, default cluster.local)
-  --log-level LEVEL    debug, info, warn, error (default info)
+  --trust-domain TD    trust domain for --init (default cluster.local)
+  --log-level LEVEL    trace, debug, info, warn, error, fatal or silent (default info)
 
-Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
+Port 0 picks a free port; the bound addresses are printed on standard error once both listeners
+are up ("ward ca serve: mesh API https://HOST:PORT  admin http://HOST:PORT"). Logs are JSON lines on
+standard error. SIGINT/SIGTERM drain in-flight requests and stop with exit status 0. Steps that
+"ward ca rotate" commits to DIR are picked up while running (the server's own certificate and
+the bundle it serves follow).
+
+Example:
+  ward ca serve --state .ward --init --trust-domain example.org --allow node-a=spiffe://example.org/ns/shop/sa/web`,
   async run(args, io) {
     const stateDir = required(args, 'state');
     // Every flag is checked before anything is created, opened or bound.
@@ -541,13 +548,15 @@ Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
     }
     const level = String(args.values['log-level']);
     if (!LOG_LEVELS.includes(level)) throw new WardError('WARD_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
+    const allow = args.values.allow as string[];
     const trustDomain = flag(args, 'init') ? trustDomainArg(args) : undefined;
     if (trustDomain !== undefined && !(await readState(stateDir))) {
+      staticAuthorizer(allow, trustDomain); // a bad --allow must not leave a new CA behind
       const r = await CertificateAuthority.init({ stateDir, trustDomain, clock: systemClock });
       io.stderr.write(`ward ca serve: created a CA in ${stateDir} (trust domain ${r.trustDomain}, root ${r.root.fingerprint})\n`);
     }
     const info = await openStateInfo(stateDir);
-    const authorizer = staticAuthorizer(args.values.allow as string[], info.trustDomain);
+    const authorizer = staticAuthorizer(allow, info.trustDomain);
     // No component at the root: each part names itself (ca, ca.server) in its child logger.
     const logger = createLogger({ level });
     const registry = createRegistry();
@@ -555,6 +564,7 @@ Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
     const tokens = new JoinTokens({ stateDir, trustDomain: info.trustDomain, clock: systemClock });
     const server = new CaServer({ ca, tokens, authorizer, clock: systemClock, logger, registry, status: () => describeAuthority(ca, systemClock.now()) });
     const unsubscribe = ca.onChange(() => void server.refreshCredentials().catch((err) => logger.error({ err }, 'refreshing server credentials failed')));
+    const unfollow = followStateDir(ca, stateDir, logger);
     // Registered before listening, so a signal during start-up still stops cleanly.
     let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
     const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
@@ -574,6 +584,7 @@ Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
     } finally {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
+      await unfollow();
       unsubscribe();
       await server.close();
       await ca.close();
@@ -581,6 +592,53 @@ Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop.`,
     }
   },
 };
+
+// Backstop for the directory watch, which can miss events (network file systems, some containers).
+const STATE_POLL_MS = 10_000;
+// The commit point of every CA step (ca/store.ts): a step is visible once this name is replaced.
+const STATE_FILE = 'ca.json';
+
+/**
+ * Follows steps another process commits to the state directory (`ward ca rotate` beside a running
+ * server): on a change of ca.json, and every STATE_POLL_MS, the CA reloads; its onChange listeners
+ * then swap the server's credentials. Reloads run one at a time, and at most one waits behind the
+ * running one (a burst of events costs one extra read). Returns a stop function that waits for a
+ * running reload.
+ */
+function followStateDir(ca: CertificateAuthority, stateDir: string, logger: Logger): () => Promise<void> {
+  let stopped = false;
+  let running: Promise<void> = Promise.resolve();
+  let queued = false;
+  const reload = () => {
+    if (stopped || queued) return;
+    queued = true;
+    running = running.then(async () => {
+      queued = false;
+      if (stopped) return;
+      try {
+        await ca.reload();
+      } catch (err) {
+        logger.error({ err }, 'reloading the CA state from disk failed; still serving the material loaded before');
+      }
+    });
+  };
+  let watcher: FSWatcher | undefined;
+  try {
+    watcher = watch(stateDir, (_event, name) => {
+      if (name === STATE_FILE) reload();
+    });
+    watcher.on('error', (err) => logger.warn({ err }, 'watching the CA state directory failed; polling only'));
+  } catch (err) {
+    logger.warn({ err }, 'cannot watch the CA state directory; polling only');
+  }
+  const timer = setInterval(reload, STATE_POLL_MS).unref();
+  return async () => {
+    stopped = true;
+    watcher?.close();
+    clearInterval(timer);
+    await running;
+  };
+}
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 

@@ -5,7 +5,7 @@ import { WardError } from '../core/errors.js';
 import { formatDuration, systemClock } from '../core/clock.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { parseCertificates, parseCertificate, checkSvidLeaf, verifySvid, TrustBundle, type Certificate } from '../core/pki/index.js';
-import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, flag, optional, readAll, writeJson, type Command, type ParsedArgs, type CliIo } from './command.js';
+import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, durationFlag, flag, optional, readAll, writeJson, type Command, type ParsedArgs, type CliIo } from './command.js';
 
 const MAX_INPUT = 1024 * 1024;
 
@@ -114,6 +114,12 @@ export async function judge(chain: Certificate[], bundle: TrustBundle | undefine
   const leaf = chain[0];
   const svid = checkSvidLeaf(leaf, { usage: 'any' });
   const verdict: InspectVerdict = { svid: svid.ok ? { ok: true, id: svid.id.toString() } : { ok: false, reason: svid.reason, detail: svid.detail } };
+  // The profile check is timeless; "valid SVID" must also mean valid now, bundle or not.
+  if (svid.ok && leaf.notAfter.getTime() <= now) {
+    verdict.svid = { ok: false, reason: 'expired', detail: `the certificate for ${svid.id} expired at ${leaf.notAfter.toISOString()}`, id: svid.id.toString() };
+  } else if (svid.ok && leaf.notBefore.getTime() > now) {
+    verdict.svid = { ok: false, reason: 'not-yet-valid', detail: `the certificate for ${svid.id} is not valid before ${leaf.notBefore.toISOString()}`, id: svid.id.toString() };
+  }
   if (bundle) {
     const r = await verifySvid(chain, bundle, new Date(now), { usage: 'any' });
     verdict.bundle = r.ok ? { ok: true, path: r.path.map((c) => c.fingerprintSha256) } : { ok: false, reason: r.reason, detail: r.detail };
@@ -121,28 +127,57 @@ export async function judge(chain: Certificate[], bundle: TrustBundle | undefine
   return verdict;
 }
 
-async function readInput(path: string, io: CliIo): Promise<string> {
-  if (path === '-') return (await readAll(io.stdin, MAX_INPUT)).toString('utf8');
+/** Reads FILE or standard input ("-"), size-bounded. */
+async function readInput(path: string, io: CliIo): Promise<Buffer> {
+  if (path === '-') return readAll(io.stdin, MAX_INPUT);
+  let buf: Buffer;
   try {
-    const buf = await readFile(path);
-    if (buf.length > MAX_INPUT) throw new WardError('WARD_CONFIG_INVALID', `${path} is larger than ${MAX_INPUT} bytes`);
-    // DER input: turn it into one certificate.
-    return buf.includes('-----BEGIN') ? buf.toString('utf8') : parseCertificate(buf).pem;
+    buf = await readFile(path);
   } catch (err) {
-    if (err instanceof WardError) throw err;
     throw new WardError('WARD_CONFIG_INVALID', `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (buf.length > MAX_INPUT) throw new WardError('WARD_CONFIG_INVALID', `${path} is larger than ${MAX_INPUT} bytes`);
+  return buf;
+}
+
+function inputName(path: string): string {
+  return path === '-' ? 'standard input' : path;
+}
+
+/** Every certificate in PEM input, or the one certificate of DER input; `name` is for messages. */
+function certificatesOf(input: Buffer, name: string): Certificate[] {
+  if (input.length === 0) throw new WardError('WARD_PKI_CERT_INVALID', `${name} is empty`);
+  try {
+    if (input.includes('-----BEGIN')) return parseCertificates(input.toString('utf8'));
+  } catch (err) {
+    // Name the input: "no CERTIFICATE PEM block found" alone does not say which file was meant.
+    if (err instanceof WardError) throw new WardError(err.code, `${name}: ${err.message}`, { cause: err.cause });
+    throw err;
+  }
+  try {
+    return [parseCertificate(input)];
+  } catch {
+    // Input that is not PEM and not DER is most often the wrong file: the parser's detail would not help.
+    throw new WardError('WARD_PKI_CERT_INVALID', `${name} holds neither PEM certificates nor a DER certificate`);
   }
 }
 
 export async function loadBundleFile(path: string, io: CliIo, trustDomain?: string): Promise<TrustBundle> {
-  const text = await readInput(path, io);
+  const input = await readInput(path, io);
+  const text = input.toString('utf8');
   if (text.trimStart().startsWith('{')) {
     if (!trustDomain) throw new WardError('WARD_USAGE', '--trust-domain is required with a JWKS bundle');
     return TrustBundle.fromJwks(trustDomain, text);
   }
-  const roots = parseCertificates(text);
+  const roots = certificatesOf(input, `--bundle ${inputName(path)}`);
   const td = trustDomain ?? (roots[0].uris.map((u) => SpiffeId.tryParse(u)).find((x) => x)?.trustDomain ?? 'cluster.local');
-  return TrustBundle.fromPem(td, text);
+  try {
+    // PEM goes through fromPem, which also refuses a bundle file carrying anything but certificates.
+    return input.includes('-----BEGIN') ? TrustBundle.fromPem(td, text) : new TrustBundle(td, roots);
+  } catch (err) {
+    if (err instanceof WardError) throw new WardError(err.code, `--bundle ${inputName(path)}: ${err.message}`, { cause: err.cause });
+    throw err;
+  }
 }
 
 /** Fetches the chain a TLS server presents (no verification: this is inspection, not trust). */
@@ -183,7 +218,7 @@ const inspect: Command = {
     servername: { type: 'string' },
     bundle: { type: 'string' },
     'trust-domain': { type: 'string' },
-    timeout: { type: 'string', default: '10000' },
+    timeout: { type: 'string', default: '10s' },
     ...JSON_FLAG,
   },
   help: `Usage: ward cert inspect FILE|-  [--bundle FILE] [--json]
@@ -200,10 +235,10 @@ Flags:
   --servername NAME     SNI to send with --connect
   --bundle FILE         trust bundle: PEM roots (e.g. from "ward ca bundle") or SPIFFE JWKS
   --trust-domain TD     trust domain of a JWKS bundle
-  --timeout MS          connect timeout for --connect (default 10000)
+  --timeout DURATION    handshake timeout for --connect, e.g. 5s (default 10s)
   --json                machine-readable output
 
-Exit status: 0 when the leaf is a valid SVID (and chains to the bundle when given), 1 otherwise.
+Exit status: 0 when the leaf is a valid SVID, valid now (and chains to the bundle when given), 1 otherwise.
 
 Examples:
   ward cert inspect svid.pem --bundle bundle.pem
@@ -212,9 +247,11 @@ Examples:
     const target = optional(args, 'connect');
     const file = args.positionals[0];
     if ((target === undefined) === (file === undefined)) throw new WardError('WARD_USAGE', 'give exactly one of FILE, - or --connect HOST:PORT');
-    const timeout = Number(optional(args, 'timeout'));
-    const chain = target !== undefined ? await fetchChain(target, optional(args, 'servername'), Number.isFinite(timeout) && timeout > 0 ? timeout : 10_000) : parseCertificates(await readInput(file, io));
     const bundlePath = optional(args, 'bundle');
+    if (file === '-' && bundlePath === '-') throw new WardError('WARD_USAGE', 'standard input can feed FILE or --bundle, not both');
+    const timeout = durationFlag(args, 'timeout')!;
+    if (timeout <= 0) throw new WardError('WARD_USAGE', '--timeout must be more than 0s');
+    const chain = target !== undefined ? await fetchChain(target, optional(args, 'servername'), timeout) : certificatesOf(await readInput(file, io), inputName(file));
     const bundle = bundlePath ? await loadBundleFile(bundlePath, io, optional(args, 'trust-domain')) : undefined;
     const now = systemClock.now();
     const reports = chain.map((c) => describeCertificate(c, now));
@@ -227,7 +264,9 @@ Examples:
       io.stdout.write(
         verdict.svid.ok
           ? `X.509-SVID: ✓ valid SVID for ${verdict.svid.id}\n`
-          : `X.509-SVID: × not a valid leaf SVID (${verdict.svid.reason}): ${verdict.svid.detail}\n`,
+          : verdict.svid.id
+            ? `X.509-SVID: × not valid now (${verdict.svid.reason}): ${verdict.svid.detail}\n`
+            : `X.509-SVID: × not a valid leaf SVID (${verdict.svid.reason}): ${verdict.svid.detail}\n`,
       );
       if (verdict.bundle) {
         io.stdout.write(

@@ -115,6 +115,8 @@ export function durationFlag(args: ParsedArgs, name: string): number | undefined
 
 /** A duration for people: "15m", "1h 30m", "365d" (formatDuration without the trailing zero unit). */
 export function humanDuration(ms: number): string {
+  // Leaf and token lifetimes read better in hours ("24h", not "1d").
+  if (ms > 0 && ms <= 24 * 3_600_000 && ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
   return formatDuration(ms).replace(/ 0[hms]$/, '');
 }
 

@@ -25,6 +25,13 @@ function topHelp(): string {
   ];
   for (const cmds of groups.values()) for (const c of cmds) lines.push(`  ${c.name.padEnd(16)} ${c.summary}`);
   lines.push('', 'Global flags:', '  -h, --help       show help', '  --version        print the version', '');
+  lines.push(
+    'Get started:',
+    '  ward ca init --state .ward --trust-domain example.org    create a CA',
+    '  ward ca inspect --state .ward                            see what it holds and what needs attention',
+    '  ward ca serve --state .ward                              run it',
+    '',
+  );
   lines.push('Exit codes: 0 ok · 1 an error, or an inspection found a problem · 2 usage error');
   return lines.join('\n') + '\n';
 }

@@ -1,7 +1,8 @@
 import { WardError } from '../core/errors.js';
-import { parseDuration, systemClock, formatDuration } from '../core/clock.js';
-import { JoinTokens, DEFAULT_TOKEN_TTL_MS } from '../ca/index.js';
-import { EXIT_OK, JSON_FLAG, flag, optional, required, writeJson, type Command } from './command.js';
+import { systemClock } from '../core/clock.js';
+import { SpiffeId } from '../core/identity/index.js';
+import { JoinTokens, DEFAULT_TOKEN_TTL_MS, MAX_TOKEN_TTL_MS } from '../ca/index.js';
+import { EXIT_OK, JSON_FLAG, durationFlag, flag, humanDuration, optional, required, writeJson, type Command } from './command.js';
 import { openStateInfo } from './ca.js';
 
 const create: Command = {
@@ -26,16 +27,17 @@ Example:
   async run(args, io) {
     const stateDir = required(args, 'state');
     const node = required(args, 'node');
-    const ttlText = optional(args, 'ttl');
-    const ttl = ttlText === undefined ? DEFAULT_TOKEN_TTL_MS : parseDuration(ttlText);
-    if (ttl === undefined) throw new WardError('WARD_USAGE', `--ttl must be a duration such as 15m, got "${ttlText}"`);
+    const ttl = durationFlag(args, 'ttl') ?? DEFAULT_TOKEN_TTL_MS;
+    if (ttl < 1000 || ttl > MAX_TOKEN_TTL_MS) throw new WardError('WARD_USAGE', `--ttl must be between 1s and ${humanDuration(MAX_TOKEN_TTL_MS)}, got "${optional(args, 'ttl')}"`);
     const { trustDomain } = await openStateInfo(stateDir);
     const tokens = new JoinTokens({ stateDir, trustDomain, clock: systemClock });
     const t = await tokens.create(node, ttl);
-    if (flag(args, 'json')) writeJson(io, { token: t.token, node: t.node, id: `spiffe://${trustDomain}/ward/node/${node}`, expiresAt: t.expiresAt.toISOString() });
+    const id = SpiffeId.node(trustDomain, node).toString();
+    if (flag(args, 'json')) writeJson(io, { token: t.token, node: t.node, id, expiresAt: t.expiresAt.toISOString() });
     else {
+      // Only the token on stdout, so that TOKEN=$(ward token create ...) just works.
       io.stdout.write(`${t.token}\n`);
-      io.stderr.write(`join token for node ${node} (spiffe://${trustDomain}/ward/node/${node}), valid for ${formatDuration(ttl)}, usable once\n`);
+      io.stderr.write(`join token for node ${node} (${id}), valid for ${humanDuration(ttl)} (until ${t.expiresAt.toISOString()}), usable once\n`);
     }
     return EXIT_OK;
   },
