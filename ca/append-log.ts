@@ -20,7 +20,7 @@
  */
 import { constants, createReadStream } from 'node:fs';
 import { open, truncate, type FileHandle } from 'node:fs/promises';
-import { WardError } from '../core/errors.js';
+import { bug, WardError } from '../core/errors.js';
 import { fsyncDir, type StoreHooks } from './store.js';
 import { dirname } from 'node:path';
 
@@ -36,6 +36,12 @@ export interface AppendLogOptions {
   /** Maximum records waiting to be made durable (queued plus in flight). Past it append() sheds. */
   maxPending: number;
   hooks?: StoreHooks;
+  /**
+   * Replay only: no repair, no file opened for writing, append() is a bug. A read-only open may run
+   * beside the writer (the lock holder), so an incomplete last line is the writer's append in
+   * progress, not a crash leftover: it is skipped, never truncated.
+   */
+  readOnly?: boolean;
 }
 
 interface Deferred {
@@ -121,7 +127,7 @@ export async function scanJsonl(
 
 export class AppendLog<T> {
   readonly path: string;
-  readonly #fh: FileHandle;
+  readonly #fh: FileHandle | undefined;
   readonly #maxPending: number;
   readonly #hooks?: StoreHooks;
   readonly #onDurable: (records: T[]) => void;
@@ -136,7 +142,7 @@ export class AppendLog<T> {
   #closing: Promise<void> | undefined;
   #idle: Deferred | undefined;
 
-  private constructor(path: string, fh: FileHandle, o: AppendLogOptions, onDurable: (records: T[]) => void) {
+  private constructor(path: string, fh: FileHandle | undefined, o: AppendLogOptions, onDurable: (records: T[]) => void) {
     this.path = path;
     this.#fh = fh;
     this.#maxPending = o.maxPending;
@@ -155,6 +161,7 @@ export class AppendLog<T> {
     onDurable: (records: T[]) => void,
   ): Promise<{ log: AppendLog<T>; torn?: TornTail }> {
     const scan = await scanJsonl(path, onRecord, { strict: true });
+    if (o.readOnly) return { log: new AppendLog<T>(path, undefined, o, onDurable) };
     let torn: TornTail | undefined;
     if (scan.tornAt !== undefined) {
       // The torn record was never acknowledged (its batch's fsync had not returned), so dropping it
@@ -188,6 +195,7 @@ export class AppendLog<T> {
    * is full (the caller sheds instead of the queue growing), or when the log has failed or closed.
    */
   append(record: T): Promise<void> {
+    if (!this.#fh) bug(`append to ${this.path} opened read-only`);
     if (this.#failure) return Promise.reject(this.#failure);
     if (this.#closing) return Promise.reject(new WardError('WARD_CA_INTERNAL', `${this.path}: log is closed`));
     if (!this.hasRoom()) {
@@ -223,11 +231,11 @@ export class AppendLog<T> {
         const buf = Buffer.from(lines.join(''), 'utf8');
         let written = 0;
         while (written < buf.length) {
-          const { bytesWritten } = await this.#fh.write(buf, written, buf.length - written);
+          const { bytesWritten } = await this.#fh!.write(buf, written, buf.length - written);
           written += bytesWritten;
         }
         this.#hooks?.onStep?.('appended', this.path);
-        await this.#fh.datasync();
+        await this.#fh!.datasync();
       } catch (err) {
         this.#failure =
           err instanceof WardError ? err : new WardError('WARD_CA_INTERNAL', `${this.path}: durable append failed: ${(err as Error).message}`, { cause: err });
@@ -260,7 +268,7 @@ export class AppendLog<T> {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await this.flush();
-      await this.#fh.close();
+      await this.#fh?.close();
     })();
     return this.#closing;
   }

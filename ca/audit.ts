@@ -104,7 +104,7 @@ export class AuditLog {
     };
     const { log, torn } = await AppendLog.open<AuditRecord>(
       path,
-      { maxPending: o.maxPending, hooks: o.hooks },
+      { maxPending: o.maxPending, hooks: o.hooks, readOnly: o.readOnly },
       (raw) => {
         const rec = decodeAudit(raw);
         if (rec) count(rec);

@@ -456,7 +456,8 @@ describe('lifetime', () => {
   });
 
   it('uses the configured default lifetime', async () => {
-    const { e } = await newCa();
+    const { ca: first, e } = await newCa();
+    await first.close(); // one writer per state directory
     const ca = await open({ ...e, registry: createRegistry() }, { defaultTtlMs: 10 * 60_000 });
     expect((await ca.issue({ csr: csrFor(), identity: CART, requester: NODE })).notAfter.getTime()).toBe(e.clock.now() + 10 * 60_000);
   });
@@ -509,7 +510,8 @@ describe('inventory and audit', () => {
   });
 
   it('keeps a bounded window in memory and answers older queries from the file', async () => {
-    const { e } = await newCa();
+    const { ca: first, e } = await newCa();
+    await first.close(); // one writer per state directory
     const ca = await open({ ...e, registry: createRegistry() }, { recentWindow: 3 });
     const serials: string[] = [];
     for (let i = 0; i < 8; i++) {
@@ -563,7 +565,8 @@ describe('inventory and audit', () => {
   });
 
   it('sheds with WARD_CA_RATE_LIMITED when the durable-write queue is full', async () => {
-    const { e } = await newCa();
+    const { ca: first, e } = await newCa();
+    await first.close(); // one writer per state directory
     const ca = await open({ ...e, registry: createRegistry() }, { maxPendingWrites: 5 });
     const settled = await Promise.allSettled(Array.from({ length: 20 }, () => ca.issue({ csr: csrFor(), identity: CART, requester: NODE })));
     const ok = settled.filter((s) => s.status === 'fulfilled').length;
@@ -667,28 +670,41 @@ describe('close', () => {
   });
 });
 
-describe('reload (a step committed by another process)', () => {
-  it('picks up a root rotation written by a second CA instance and notifies listeners', async () => {
-    const { ca: serving, e } = await newCa();
-    const changes: number[] = [];
-    serving.onChange((c) => changes.push(c.bundleSequence));
-    expect(await serving.reload()).toBe(false); // nothing changed yet
+describe('one writer per state directory', () => {
+  it('refuses a second writer while the first is open, lets readers in, and frees the lock on close', async () => {
+    const { ca, e } = await newCa();
+    const second = await errorOf(CertificateAuthority.open({ stateDir: e.dir, clock: e.clock, logger: e.logs.logger, registry: createRegistry(), holder: 'test second' }));
+    expect(second.code).toBe('WARD_CA_STATE_LOCKED');
+    expect(second.message).toContain(`process ${process.pid}`);
+    // A reader needs no lock and sees what the writer made durable.
+    const issued = await ca.issue({ csr: csrFor(), identity: CART, requester: NODE });
+    const reader = await open(e, { readOnly: true });
+    expect(reader.readOnly).toBe(true);
+    expect((await reader.inventory.query({ limit: 1 }))[0].serial).toBe(issued.serialHex);
+    await expect(reader.issue({ csr: csrFor(), identity: CART, requester: NODE })).rejects.toThrow(/BUG: issue\(\) on a CA opened read-only/);
+    await ca.close();
+    const third = await open({ ...e, registry: createRegistry() });
+    expect(third.readOnly).toBe(false);
+  });
 
-    // `ward ca rotate prepare --root` in another process: a second instance on the same directory.
-    const cli = await CertificateAuthority.open({ stateDir: e.dir, clock: e.clock, logger: e.logs.logger, registry: createRegistry() });
-    await cli.rotation.prepare('root');
-    await cli.rotation.activate();
-    const newIssuer = cli.activeIssuer().cert.fingerprintSha256;
-    await cli.close();
+  it('takes over a lock left by a process that no longer runs', async () => {
+    const { ca, e } = await newCa();
+    await ca.close();
+    // A pid that cannot be running: above the kernel's pid_max.
+    await writeFile(join(e.dir, 'ca.lock'), JSON.stringify({ pid: 2 ** 22 + 1, holder: 'crashed', startedAt: new Date(0).toISOString() }));
+    const again = await open({ ...e, registry: createRegistry() });
+    expect(again.readOnly).toBe(false);
+  });
 
-    expect(await serving.reload()).toBe(true);
-    expect(serving.bundle().roots).toHaveLength(2);
-    expect(serving.activeIssuer().cert.fingerprintSha256).toBe(newIssuer);
-    expect(changes).toHaveLength(1);
-    // Issuance now uses the new issuer, and the leaf verifies against the two-root bundle.
-    const r = await serving.issue({ csr: csrFor(), identity: CART, requester: NODE });
-    const v = await verifyLeaf(serving, r.chainPem, e.clock.now());
-    expect(v.ok).toBe(true);
-    expect(parseCertificates(r.chainPem)[1].fingerprintSha256).toBe(newIssuer);
+  it('a reader skips, and never truncates, an incomplete last line (the writer may still be appending)', async () => {
+    const { ca, e } = await newCa();
+    await ca.issue({ csr: csrFor(), identity: CART, requester: NODE });
+    await ca.close();
+    const path = join(e.dir, 'inventory.jsonl');
+    await appendFile(path, '{"serial":"ab');
+    const size = (await stat(path)).size;
+    const reader = await open({ ...e, registry: createRegistry() }, { readOnly: true });
+    expect(reader.counts().certificates).toBe(1);
+    expect((await stat(path)).size).toBe(size);
   });
 });

@@ -17,7 +17,8 @@ import { performance } from 'node:perf_hooks';
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Clock } from '../core/clock.js';
-import { WardError, isWardError, type WardErrorCode } from '../core/errors.js';
+import { WardError, bug, isWardError, type WardErrorCode } from '../core/errors.js';
+import { StateLock } from './lock.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
 import { LeafSigner, TrustBundle, parseCsrAsync, type Certificate, type IssuedCertificate } from '../core/pki/index.js';
 import type { TornTail } from './append-log.js';
@@ -98,6 +99,13 @@ export interface OpenOptions {
   maxPendingWrites?: number;
   /** Crash injection for tests. */
   hooks?: StoreHooks;
+  /**
+   * Open for reading only (inspect, bundle): takes no lock, repairs nothing, and may run beside the
+   * process that holds the directory. issue() and rotation steps are then bugs.
+   */
+  readOnly?: boolean;
+  /** Who takes the state lock, for other processes' error messages (default "ward"). */
+  holder?: string;
 }
 
 export interface IssueRequest {
@@ -212,6 +220,7 @@ export class CertificateAuthority {
   #closed = false;
   #closing: Promise<void> | undefined;
   readonly #inFlight = new Set<Promise<unknown>>();
+  readonly #lock: StateLock | undefined;
 
   private constructor(o: {
     state: CaStateFile;
@@ -226,7 +235,9 @@ export class CertificateAuthority {
     inventory: CertificateInventory;
     audit: AuditLog;
     recovery: OpenRecovery;
+    lock: StateLock | undefined;
   }) {
+    this.#lock = o.lock;
     this.trustDomain = o.state.trustDomain;
     this.stateDir = o.stateDir;
     this.#state = o.state;
@@ -336,11 +347,22 @@ export class CertificateAuthority {
     const defaultTtl = leafLifetime(o.defaultTtlMs);
     const state = await readState(o.stateDir);
     if (!state) throw new WardError('WARD_CA_NOT_INITIALIZED', `${o.stateDir} holds no CA (no ${STATE_FILE}); run \`ward ca init\``);
+    // One writer per directory (see lock.ts); taken before anything is repaired or swept.
+    const lock = o.readOnly ? undefined : await StateLock.acquire(o.stateDir, o.holder ?? 'ward', new Date(o.clock.now()));
+    try {
+      return await CertificateAuthority.#openLocked(o, state, lock, log, defaultTtl);
+    } catch (err) {
+      await lock?.release();
+      throw err;
+    }
+  }
+
+  static async #openLocked(o: OpenOptions, state: CaStateFile, lock: StateLock | undefined, log: Logger, defaultTtl: number): Promise<CertificateAuthority> {
     const mode = await stateDirMode(o.stateDir);
     if (mode !== undefined && (mode & 0o077) !== 0) {
       log.warn({ stateDir: o.stateDir, mode: mode.toString(8) }, 'CA state directory is accessible by other users; chmod 700 it');
     }
-    const orphansRemoved = await sweepOrphans(o.stateDir, state);
+    const orphansRemoved = lock ? await sweepOrphans(o.stateDir, state) : [];
     if (orphansRemoved.length > 0) log.warn({ files: orphansRemoved }, 'removed files left by an interrupted CA step');
 
     const roots: RootMaterial[] = [];
@@ -363,6 +385,7 @@ export class CertificateAuthority {
       recentWindow: o.recentWindow ?? DEFAULT_RECENT_WINDOW,
       maxPending: o.maxPendingWrites ?? DEFAULT_MAX_PENDING_WRITES,
       hooks: o.hooks,
+      readOnly: lock === undefined,
     };
     if (!Number.isInteger(logOptions.recentWindow) || logOptions.recentWindow < 1) throw new WardError('WARD_CONFIG_INVALID', `recentWindow must be a positive integer, got ${String(o.recentWindow)}`);
     if (!Number.isInteger(logOptions.maxPending) || logOptions.maxPending < 1) throw new WardError('WARD_CONFIG_INVALID', `maxPendingWrites must be a positive integer, got ${String(o.maxPendingWrites)}`);
@@ -390,6 +413,7 @@ export class CertificateAuthority {
       inventory,
       audit,
       recovery: { tornTails, orphansRemoved },
+      lock,
     });
     const w = ca.#active.window;
     const now = o.clock.now();
@@ -425,36 +449,9 @@ export class CertificateAuthority {
   }
 
   async #commit(next: CaStateFile, added: { roots: RootMaterial[]; issuers: IssuerMaterial[] }): Promise<void> {
+    if (!this.#lock) bug('a rotation step on a CA opened read-only');
     await writeState(this.stateDir, next, this.#hooks);
     await this.#adopt(next, added);
-  }
-
-  /**
-   * Re-reads ca.json after another process committed a step (`ward ca rotate` run beside a serving
-   * CA), loads any new material and swaps to it, notifying onChange listeners. Returns whether
-   * anything changed. ca.json is the commit point, so whatever it names is already on disk whole.
-   */
-  async reload(): Promise<boolean> {
-    this.#assertOpen();
-    const next = await readState(this.stateDir);
-    if (!next || JSON.stringify(next) === JSON.stringify(this.#state)) return false;
-    if (next.trustDomain !== this.trustDomain) {
-      throw new WardError('WARD_CA_STATE_CORRUPT', `${join(this.stateDir, STATE_FILE)} changed trust domain from ${this.trustDomain} to ${next.trustDomain}`);
-    }
-    const roots: RootMaterial[] = [];
-    for (const e of next.roots) {
-      if (e.state !== 'retired' && !this.#roots.has(e.fingerprint)) roots.push(await loadRoot(this.stateDir, e));
-    }
-    const issuers: IssuerMaterial[] = [];
-    for (const e of next.issuers) {
-      if (e.state === 'retired' || this.#issuers.has(e.fingerprint)) continue;
-      const root = this.#roots.get(e.root) ?? roots.find((r) => r.cert.fingerprintSha256 === e.root);
-      if (!root) throw new WardError('WARD_CA_STATE_CORRUPT', `${join(this.stateDir, STATE_FILE)}: issuer ${e.fingerprint} chains to root ${e.root}, which is retired or missing`);
-      issuers.push(await loadIssuer(this.stateDir, e, root.cert));
-    }
-    await this.#adopt(next, { roots, issuers });
-    this.#log.info({ issuer: this.#active.fingerprint, rotation: next.rotation?.phase ?? 'idle' }, 'CA state reloaded from disk');
-    return true;
   }
 
   async #adopt(next: CaStateFile, added: { roots: RootMaterial[]; issuers: IssuerMaterial[] }): Promise<void> {
@@ -563,7 +560,18 @@ export class CertificateAuthority {
     return p;
   }
 
+  /** Opened with readOnly: it can be inspected, not changed. */
+  get readOnly(): boolean {
+    return this.#lock === undefined;
+  }
+
+  /** The state lock this CA holds (undefined when read-only); the server advertises its admin URL in it. */
+  get lock(): StateLock | undefined {
+    return this.#lock;
+  }
+
   async #issue(r: IssueRequest): Promise<IssueResult> {
+    if (!this.#lock) bug('issue() on a CA opened read-only');
     // Wall-clock duration for the histogram only; decisions use the injected clock.
     const started = performance.now();
     this.#assertOpen();
@@ -681,6 +689,7 @@ export class CertificateAuthority {
       // before the logs close; new ones are refused by #assertOpen.
       await Promise.allSettled([...this.#inFlight]);
       await Promise.all([this.inventory.close(), this.audit.close()]);
+      await this.#lock?.release();
       this.#listeners.clear();
       this.#log.info('CA closed');
     })();

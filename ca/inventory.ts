@@ -45,6 +45,8 @@ export interface LogOptions {
   /** Bound of the durable-write queue. */
   maxPending: number;
   hooks?: StoreHooks;
+  /** Replay only, beside a writer: see AppendLogOptions.readOnly. */
+  readOnly?: boolean;
 }
 
 function decodeInventory(raw: unknown): InventoryRecord | undefined {
@@ -96,7 +98,7 @@ export class CertificateInventory {
     let self: CertificateInventory | undefined;
     const { log, torn } = await AppendLog.open<InventoryRecord>(
       path,
-      { maxPending: o.maxPending, hooks: o.hooks },
+      { maxPending: o.maxPending, hooks: o.hooks, readOnly: o.readOnly },
       (raw) => {
         const rec = decodeInventory(raw);
         if (!rec) return;

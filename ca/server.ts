@@ -24,6 +24,8 @@ import type { TLSSocket } from 'node:tls';
 import { isIP, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { once } from 'node:events';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { join } from 'node:path';
 import { Counter, type Registry } from 'prom-client';
 import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core/errors.js';
 import { parseDuration, type Clock } from '../core/clock.js';
@@ -35,6 +37,10 @@ import { RateLimiter } from '../core/rate-limit.js';
 import type { CertificateAuthority } from './authority.js';
 import { clip } from './audit.js';
 import type { JoinTokens } from './tokens.js';
+import { KEY_FILE_MODE, removeFileDurable, writeFileDurable } from './store.js';
+
+/** Where the running server leaves its admin token for the operator's commands (mode 0600). */
+export const ADMIN_TOKEN_FILE = 'admin.token';
 
 /** Decides which workload identities a node may obtain. The discovery pool supplies the real one. */
 export interface WorkloadAuthorizer {
@@ -120,6 +126,7 @@ export class CaServer {
   #closed = false;
   #credentials?: Credentials;
   #credentialsNotAfter = 0;
+  #adminTokenDigest: Buffer | undefined;
 
   constructor(o: CaServerOptions) {
     this.#o = o;
@@ -202,6 +209,7 @@ export class CaServer {
       admin.listen(o.adminPort, host);
       await once(admin, 'listening');
       adminPort = (admin.address() as { port: number }).port;
+      await this.#publishAdmin(`http://${host.includes(':') ? `[${host}]` : host}:${adminPort}`);
     }
     this.#scheduleRenewal();
     this.#log.info({ port, adminPort, id: creds.id.toString() }, 'CA server listening');
@@ -232,6 +240,7 @@ export class CaServer {
       this.#server ? closeServer(this.#server, graceMs, this.#sockets) : undefined,
       this.#admin ? closeServer(this.#admin, graceMs, new Set()) : undefined,
     ]);
+    if (this.#adminTokenDigest) await removeFileDurable(join(this.#o.ca.stateDir, ADMIN_TOKEN_FILE)).catch(() => undefined);
   }
 
   /**
@@ -416,9 +425,65 @@ export class CaServer {
     res.end(text);
   }
 
+  /**
+   * Makes the admin API's write routes usable by the operator's other commands: a fresh random token
+   * in <state>/admin.token (0600, so exactly the users who could edit the state directory can use
+   * it) and the admin URL in the state lock, where `ward ca issue` / `ward ca rotate` look when they
+   * find the directory held by this server.
+   */
+  async #publishAdmin(url: string): Promise<void> {
+    const token = randomBytes(32).toString('base64url');
+    await writeFileDurable(join(this.#o.ca.stateDir, ADMIN_TOKEN_FILE), token + '\n', { mode: KEY_FILE_MODE });
+    this.#adminTokenDigest = createHash('sha256').update(token).digest();
+    await this.#o.ca.lock?.advertise(url);
+  }
+
+  #adminAuthorized(req: IncomingMessage): boolean {
+    const m = /^Bearer ([A-Za-z0-9_-]{1,128})$/.exec(req.headers.authorization ?? '');
+    if (!m || !this.#adminTokenDigest) return false;
+    return timingSafeEqual(createHash('sha256').update(m[1]).digest(), this.#adminTokenDigest);
+  }
+
+  /**
+   * Operator writes on the admin port (token in <state>/admin.token): the same operations as the
+   * CLI run on the state directory, done by the process that holds it. The caller is the operator,
+   * so refusals carry their full message (unlike the mesh API's generic ones).
+   */
+  async #handleAdminWrite(req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+    if (!this.#adminAuthorized(req)) {
+      return plain(res, 401, JSON.stringify({ error: { code: 'WARD_CA_UNAUTHENTICATED', message: 'admin token missing or wrong (see <state>/admin.token)' } }) + '\n', 'application/json');
+    }
+    try {
+      const body = await this.#readJson(req);
+      let result: unknown;
+      if (path === '/v1/admin/issue') {
+        const ttlMs = body.ttl === undefined ? undefined : parseTtl(body.ttl);
+        const r = await this.#o.ca.issue({ csr: stringField(body, 'csr', this.#limits.maxBodyBytes), identity: stringField(body, 'identity', 2048), requester: stringField(body, 'requester', 256), ttlMs });
+        result = { id: r.id.toString(), serial: r.serialHex, notBefore: r.notBefore.toISOString(), notAfter: r.notAfter.toISOString(), certificate: r.chainPem };
+      } else {
+        const step = stringField(body, 'step', 16);
+        const rot = this.#o.ca.rotation;
+        result =
+          step === 'prepare' ? await rot.prepare(body.root === true ? 'root' : 'intermediate')
+          : step === 'activate' ? await rot.activate()
+          : step === 'retire' ? await rot.retire({ force: body.force === true })
+          : step === 'status' ? rot.status()
+          : (() => { throw new WardError('WARD_CA_REQUEST_INVALID', `unknown rotation step "${step}"`); })();
+      }
+      this.#log.info({ op: path, by: 'admin' }, 'admin operation done');
+      return plain(res, 200, JSON.stringify(result) + '\n', 'application/json');
+    } catch (err) {
+      const code: WardErrorCode = isWardError(err) ? err.code : 'WARD_CA_INTERNAL';
+      const message = isWardError(err) ? err.message : ERROR_CODES.WARD_CA_INTERNAL;
+      if (!isWardError(err)) this.#log.error({ err }, 'admin operation failed');
+      return plain(res, STATUS_BY_CODE[code] ?? (code === 'WARD_CA_INTERNAL' ? 500 : 400), JSON.stringify({ error: { code, message } }) + '\n', 'application/json');
+    }
+  }
+
   async #handleAdmin(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?', 1)[0];
     try {
+      if (req.method === 'POST' && (path === '/v1/admin/issue' || path === '/v1/admin/rotate')) return await this.#handleAdminWrite(req, res, path);
       if (req.method !== 'GET') return plain(res, 405, 'method not allowed\n');
       if (path === '/healthz') return plain(res, 200, 'ok\n');
       if (path === '/metrics') return plain(res, 200, await this.#o.registry.metrics(), this.#o.registry.contentType);

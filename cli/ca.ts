@@ -1,11 +1,12 @@
-import { watch, type FSWatcher } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { userInfo } from 'node:os';
-import { WardError, isWardError } from '../core/errors.js';
+import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import { createLogger, silentLogger, type Logger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
+import { toPem } from '../core/pki/index.js';
 import {
   CertificateAuthority,
   CaServer,
@@ -16,6 +17,9 @@ import {
   caWarnings,
   describeAuthority,
   readState,
+  readLock,
+  ADMIN_TOKEN_FILE,
+  MIN_CA_TTL_MS,
   type CaReport,
   type RotationStatus,
   type WorkloadAuthorizer,
@@ -37,9 +41,6 @@ import {
 } from './command.js';
 
 const DEFAULT_WARN_WITHIN = '30d';
-// The CA refuses generated CA lifetimes under 2 days (ca/material.ts MIN_CA_TTL_MS); checked here
-// too so that the message names the flag and speaks in days rather than milliseconds.
-const MIN_CA_TTL_MS = 2 * 86_400_000;
 
 /** Reads the trust domain of an initialized state directory (no keys are opened). */
 export async function openStateInfo(stateDir: string): Promise<{ trustDomain: string }> {
@@ -48,9 +49,73 @@ export async function openStateInfo(stateDir: string): Promise<{ trustDomain: st
   return { trustDomain: st.trustDomain };
 }
 
-async function openCa(stateDir: string): Promise<CertificateAuthority> {
+/**
+ * Opens the CA. Readers open read-only (no lock, so they work beside a running server); writers
+ * take the state lock, and when a running `ward ca serve` holds it, callers use viaServer() instead.
+ */
+async function openCa(stateDir: string, o: { readOnly: true } | { holder: string }): Promise<CertificateAuthority> {
   await openStateInfo(stateDir);
-  return CertificateAuthority.open({ stateDir, clock: systemClock, logger: silentLogger(), registry: createRegistry() });
+  return CertificateAuthority.open({
+    stateDir,
+    clock: systemClock,
+    logger: silentLogger(),
+    registry: createRegistry(),
+    ...('readOnly' in o ? { readOnly: true } : { holder: o.holder }),
+  });
+}
+
+/**
+ * Runs a write locally when the state directory is free, or through the admin API of the server
+ * that holds it (its address is in the lock, its token in <state>/admin.token).
+ */
+async function writeCa<T>(stateDir: string, holder: string, local: (ca: CertificateAuthority) => Promise<T>, remote: (call: AdminCall) => Promise<T>): Promise<T> {
+  let ca: CertificateAuthority;
+  try {
+    ca = await openCa(stateDir, { holder });
+  } catch (err) {
+    if (!isWardError(err, 'WARD_CA_STATE_LOCKED')) throw err;
+    const lock = await readLock(stateDir);
+    if (!lock?.adminUrl) throw err;
+    let token: string;
+    try {
+      token = (await readFile(join(stateDir, ADMIN_TOKEN_FILE), 'utf8')).trim();
+    } catch (cause) {
+      throw new WardError('WARD_CA_STATE_LOCKED', `${err.message}, but its admin token ${join(stateDir, ADMIN_TOKEN_FILE)} is not readable`, { cause });
+    }
+    const adminUrl = lock.adminUrl;
+    return remote(async (path, body) => {
+      let res: Response;
+      try {
+        res = await fetch(new URL(path, adminUrl), {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+          body: JSON.stringify(body),
+          signal: AbortSignal.timeout(30_000),
+        });
+      } catch (cause) {
+        throw new WardError('WARD_CA_UNREACHABLE', `the CA server holding ${stateDir} (pid ${lock.pid}) did not answer at ${adminUrl}: ${(cause as Error).message}`, { cause });
+      }
+      const json = (await res.json().catch(() => ({}))) as { error?: { code?: string; message?: string } };
+      if (!res.ok) {
+        const code = (json.error?.code && json.error.code in ERROR_CODES ? json.error.code : 'WARD_CA_UNREACHABLE') as WardErrorCode;
+        throw new WardError(code, json.error?.message ?? `${adminUrl}${path} answered HTTP ${res.status}`);
+      }
+      return json;
+    });
+  }
+  try {
+    return await local(ca);
+  } finally {
+    await ca.close();
+  }
+}
+
+type AdminCall = (path: string, body: Record<string, unknown>) => Promise<unknown>;
+
+/** A CSR file's bytes as PEM text (JSON carries text; DER input is wrapped). */
+function csrPem(csr: Buffer): string {
+  const text = csr.toString('latin1');
+  return text.includes('-----BEGIN') ? text : toPem(csr, 'CERTIFICATE REQUEST');
 }
 
 async function readFileArg(path: string | undefined, what: string): Promise<string | undefined> {
@@ -266,7 +331,7 @@ Exit status: 0 when nothing needs attention, 1 when a warning or error was found
     const now = systemClock.now();
     let report: CaReport;
     if (stateDir !== undefined) {
-      const ca = await openCa(stateDir);
+      const ca = await openCa(stateDir, { readOnly: true });
       try {
         report = await describeAuthority(ca, now, latest);
       } finally {
@@ -316,9 +381,19 @@ Example:
     const csr = csrPath === '-' ? await readStdin(io) : await readFile(csrPath).catch((err: NodeJS.ErrnoException) => {
       throw new WardError('WARD_CONFIG_INVALID', `cannot read CSR ${csrPath}: ${err.code ?? err.message}`);
     });
-    const ca = await openCa(stateDir);
-    try {
-      const r = await ca.issue({ csr, identity: id, requester: `admin:${operator(io)}`, ttlMs });
+    const requester = `admin:${operator(io)}`;
+    const r = await writeCa(
+      stateDir,
+      'ward ca issue',
+      (ca) => ca.issue({ csr, identity: id, requester, ttlMs }),
+      async (call) => {
+        const j = (await call('/v1/admin/issue', { csr: csrPem(csr), identity: id.toString(), requester, ...(ttlMs !== undefined ? { ttl: `${ttlMs}ms` } : {}) })) as {
+          serial: string; notBefore: string; notAfter: string; certificate: string;
+        };
+        return { id, serialHex: j.serial, notBefore: new Date(j.notBefore), notAfter: new Date(j.notAfter), chainPem: j.certificate };
+      },
+    );
+    {
       const out = optional(args, 'out');
       if (out) {
         await writeFile(out, r.chainPem, { mode: 0o644 }).catch((err: NodeJS.ErrnoException) => {
@@ -338,8 +413,6 @@ Example:
       else if (out) io.stdout.write(`✓ issued ${r.id} serial ${r.serialHex}, valid until ${r.notAfter.toISOString()} → ${out}\n`);
       else io.stdout.write(r.chainPem);
       return EXIT_OK;
-    } finally {
-      await ca.close();
     }
   },
 };
@@ -372,7 +445,7 @@ Examples:
     if (flag(args, 'json') && given !== undefined && given !== 'jwks') throw new WardError('WARD_USAGE', `--json prints the JWKS form; it cannot be combined with --format ${given}`);
     const format = flag(args, 'json') ? 'jwks' : (given ?? 'pem');
     if (format !== 'pem' && format !== 'jwks') throw new WardError('WARD_USAGE', `--format must be pem or jwks, got "${format}"`);
-    const ca = await openCa(stateDir);
+    const ca = await openCa(stateDir, { readOnly: true });
     try {
       const b = ca.bundle();
       io.stdout.write(format === 'pem' ? b.toPem() : JSON.stringify(b.toJwks({ sequence: ca.bundleSequence }), null, 2) + '\n');
@@ -434,7 +507,8 @@ Rotates CA material in three steps, each persisted (a restart resumes in the sam
             the last leaf the old root anchors has expired, unless --force.
   status    show the phase and what retire waits for.
 
-A running "ward ca serve" on DIR picks up each step by itself within seconds.
+While "ward ca serve" runs on DIR, each step is carried out by the server (through its admin API),
+so the certificate it presents and the bundle it serves follow at once.
 
 Flags:
   --state DIR          the CA state directory (required)
@@ -460,29 +534,52 @@ Example (root rotation):
     const byoGiven = Object.keys(BYO_OPTIONS).some((n) => optional(args, n) !== undefined);
     if (byoGiven && step !== 'prepare') throw new WardError('WARD_USAGE', 'certificate and key files apply to "ward ca rotate prepare" only');
     const material = step === 'prepare' ? await byoMaterial(args) : {};
-    const ca = await openCa(stateDir);
+    const force = flag(args, 'force');
+    const kind = flag(args, 'root') ? 'root' : 'intermediate';
+    const local = async (ca: CertificateAuthority): Promise<RotationStatus> =>
+      step === 'prepare' ? ca.rotation.prepare(kind, material)
+      : step === 'activate' ? ca.rotation.activate()
+      : step === 'retire' ? ca.rotation.retire({ force })
+      : ca.rotation.status();
+    let st: RotationStatus;
     try {
-      let st: RotationStatus;
-      try {
-        st =
-          step === 'prepare'
-            ? await ca.rotation.prepare(flag(args, 'root') ? 'root' : 'intermediate', material)
-            : step === 'activate'
-              ? await ca.rotation.activate()
-              : step === 'retire'
-                ? await ca.rotation.retire({ force: flag(args, 'force') })
-                : ca.rotation.status();
-      } catch (err) {
-        throw isWardError(err, 'WARD_CA_ROTATION_INVALID') ? rotationAdvice(err) : err;
+      if (step === 'status') {
+        const ca = await openCa(stateDir, { readOnly: true });
+        try {
+          st = await local(ca);
+        } finally {
+          await ca.close();
+        }
+      } else {
+        st = await writeCa(stateDir, `ward ca rotate ${step}`, local, async (call) => {
+          if (byoGiven) throw new WardError('WARD_CA_STATE_LOCKED', `a CA server holds ${stateDir}; stop it to prepare a rotation with your own certificate and key files`);
+          return reviveStatus((await call('/v1/admin/rotate', { step, root: kind === 'root', force })) as RotationStatus);
+        });
       }
-      if (flag(args, 'json')) writeJson(io, st);
-      else io.stdout.write(renderRotation(st));
-      return EXIT_OK;
-    } finally {
-      await ca.close();
+    } catch (err) {
+      throw isWardError(err, 'WARD_CA_ROTATION_INVALID') ? rotationAdvice(err) : err;
     }
+    if (flag(args, 'json')) writeJson(io, st);
+    else io.stdout.write(renderRotation(st));
+    return EXIT_OK;
   },
 };
+
+/** A rotation status that crossed the admin API as JSON: its dates are strings again. */
+function reviveStatus(st: RotationStatus): RotationStatus {
+  const date = (v: unknown) => (typeof v === 'string' ? new Date(v) : v) as Date;
+  const cert = (c: RotationStatus['active']['issuer']) => ({ ...c, notBefore: date(c.notBefore), notAfter: date(c.notAfter) });
+  const pair = (p?: RotationStatus['active']) => (p ? { issuer: cert(p.issuer), root: cert(p.root) } : undefined);
+  return {
+    ...st,
+    preparedAt: st.preparedAt && date(st.preparedAt),
+    activatedAt: st.activatedAt && date(st.activatedAt),
+    retireAfter: st.retireAfter && date(st.retireAfter),
+    active: pair(st.active)!,
+    next: pair(st.next),
+    previous: pair(st.previous),
+  };
+}
 
 /** A static authorizer for the standalone CA: `--allow NODE=SPIFFE_ID` pairs. */
 export function staticAuthorizer(pairs: string[], trustDomain: string): WorkloadAuthorizer {
@@ -530,9 +627,12 @@ Flags:
 
 Port 0 picks a free port; the bound addresses are printed on standard error once both listeners
 are up ("ward ca serve: mesh API https://HOST:PORT  admin http://HOST:PORT"). Logs are JSON lines on
-standard error. SIGINT/SIGTERM drain in-flight requests and stop with exit status 0. Steps that
-"ward ca rotate" commits to DIR are picked up while running (the server's own certificate and
-the bundle it serves follow).
+standard error. SIGINT/SIGTERM drain in-flight requests and stop with exit status 0.
+
+The server holds DIR for writing while it runs (DIR/ca.lock). "ward ca issue" and "ward ca rotate"
+on DIR then go through its admin API, authenticated by DIR/admin.token (mode 0600, rewritten at each
+start): the server's own certificate and the bundle it serves follow each rotation step at once.
+"ward ca inspect --state" and "ward ca bundle" read DIR directly.
 
 Example:
   ward ca serve --state .ward --init --trust-domain example.org --allow node-a=spiffe://example.org/ns/shop/sa/web`,
@@ -560,11 +660,10 @@ Example:
     // No component at the root: each part names itself (ca, ca.server) in its child logger.
     const logger = createLogger({ level });
     const registry = createRegistry();
-    const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger, registry });
+    const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger, registry, holder: 'ward ca serve' });
     const tokens = new JoinTokens({ stateDir, trustDomain: info.trustDomain, clock: systemClock });
     const server = new CaServer({ ca, tokens, authorizer, clock: systemClock, logger, registry, status: () => describeAuthority(ca, systemClock.now()) });
     const unsubscribe = ca.onChange(() => void server.refreshCredentials().catch((err) => logger.error({ err }, 'refreshing server credentials failed')));
-    const unfollow = followStateDir(ca, stateDir, logger);
     // Registered before listening, so a signal during start-up still stops cleanly.
     let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
     const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
@@ -584,7 +683,6 @@ Example:
     } finally {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
-      await unfollow();
       unsubscribe();
       await server.close();
       await ca.close();
@@ -592,53 +690,6 @@ Example:
     }
   },
 };
-
-// Backstop for the directory watch, which can miss events (network file systems, some containers).
-const STATE_POLL_MS = 10_000;
-// The commit point of every CA step (ca/store.ts): a step is visible once this name is replaced.
-const STATE_FILE = 'ca.json';
-
-/**
- * Follows steps another process commits to the state directory (`ward ca rotate` beside a running
- * server): on a change of ca.json, and every STATE_POLL_MS, the CA reloads; its onChange listeners
- * then swap the server's credentials. Reloads run one at a time, and at most one waits behind the
- * running one (a burst of events costs one extra read). Returns a stop function that waits for a
- * running reload.
- */
-function followStateDir(ca: CertificateAuthority, stateDir: string, logger: Logger): () => Promise<void> {
-  let stopped = false;
-  let running: Promise<void> = Promise.resolve();
-  let queued = false;
-  const reload = () => {
-    if (stopped || queued) return;
-    queued = true;
-    running = running.then(async () => {
-      queued = false;
-      if (stopped) return;
-      try {
-        await ca.reload();
-      } catch (err) {
-        logger.error({ err }, 'reloading the CA state from disk failed; still serving the material loaded before');
-      }
-    });
-  };
-  let watcher: FSWatcher | undefined;
-  try {
-    watcher = watch(stateDir, (_event, name) => {
-      if (name === STATE_FILE) reload();
-    });
-    watcher.on('error', (err) => logger.warn({ err }, 'watching the CA state directory failed; polling only'));
-  } catch (err) {
-    logger.warn({ err }, 'cannot watch the CA state directory; polling only');
-  }
-  const timer = setInterval(reload, STATE_POLL_MS).unref();
-  return async () => {
-    stopped = true;
-    watcher?.close();
-    clearInterval(timer);
-    await running;
-  };
-}
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 

@@ -25,6 +25,7 @@ export const ERROR_CODES = {
   WARD_CA_NOT_INITIALIZED: 'the CA state directory holds no CA; run `ward ca init`',
   WARD_CA_ALREADY_INITIALIZED: 'the CA state directory already holds a CA',
   WARD_CA_STATE_CORRUPT: 'a file in the CA state directory is unreadable or inconsistent',
+  WARD_CA_STATE_LOCKED: 'another process (a running CA server, or another command) has the CA state directory open for writing',
   WARD_CA_STATE_PERMISSIONS: 'a private key file in the state directory is readable by other users',
   WARD_CA_ISSUER_NOT_VALID: 'the issuing CA is expired or not yet valid, so it refuses to sign',
   WARD_CA_LIFETIME_INVALID: 'a requested certificate lifetime is outside 5m..24h',
