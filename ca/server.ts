@@ -71,7 +71,9 @@ export const DEFAULT_LIMITS: CaServerLimits = {
   maxConnections: 4096,
   perClientPerSecond: 50,
   perClientBurst: 100,
-  serverCertTtlMs: 24 * 3_600_000,
+  // As short as a workload leaf: a root retirement waits for the last leaf the old root anchors,
+  // this one included. Renewed at half-life.
+  serverCertTtlMs: 3_600_000,
 };
 
 /** The SPIFFE ID the CA server presents; clients pin it (secure naming). */
