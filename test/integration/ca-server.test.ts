@@ -188,6 +188,7 @@ describe('join tokens', () => {
     const inv = await h.ca.inventory.query({ identity: nodeId('node-1') });
     expect(inv.map((r) => r.requester)).toEqual(['join-token:node-1']);
     expect(h.logs.lines.join('')).not.toContain(token);
+    expect(h.logs.lines.join('')).not.toContain('PRIVATE KEY');
     expect(refusals(h, 'WARD_CA_TOKEN_INVALID')[0].err).toMatch(/unknown or already used/);
   });
 
