@@ -53,7 +53,7 @@ export async function openStateInfo(stateDir: string): Promise<{ trustDomain: st
  * Opens the CA. Readers open read-only (no lock, so they work beside a running server); writers
  * take the state lock, and when a running `ward ca serve` holds it, callers use viaServer() instead.
  */
-async function openCa(stateDir: string, o: { readOnly: true } | { holder: string }): Promise<CertificateAuthority> {
+export async function openCa(stateDir: string, o: { readOnly: true } | { holder: string }): Promise<CertificateAuthority> {
   await openStateInfo(stateDir);
   return CertificateAuthority.open({
     stateDir,

@@ -1,12 +1,13 @@
 import { isWardError } from '../core/errors.js';
 import { EXIT_PROBLEM, EXIT_USAGE, EXIT_OK, closest, parseCommandArgs, type CliIo, type Command } from './command.js';
 import { caCommands } from './ca.js';
+import { caHistoryCommands } from './ca-history.js';
 import { certCommands } from './cert.js';
 import { tokenCommands } from './token.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...caCommands, ...certCommands, ...tokenCommands];
+const COMMANDS: Command[] = [...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands];
 
 const VERSION = '0.1.0';
 
