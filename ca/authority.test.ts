@@ -696,6 +696,38 @@ describe('one writer per state directory', () => {
     expect(again.readOnly).toBe(false);
   });
 
+  it('concurrent starters taking over a stale lock: exactly one becomes the writer', async () => {
+    const { ca, e } = await newCa();
+    await ca.close();
+    // Each round: a lock left by a crashed process, and three writers starting at once. Taking it
+    // over is a read-judge-unlink-create sequence; a late unlink must never remove the new lock.
+    for (let round = 0; round < 40; round++) {
+      await writeFile(join(e.dir, 'ca.lock'), JSON.stringify({ pid: 2 ** 22 + 1, holder: 'crashed', startedAt: new Date(0).toISOString() }));
+      const opened = await Promise.allSettled(
+        ['a', 'b', 'c'].map((holder) => CertificateAuthority.open({ stateDir: e.dir, clock: e.clock, logger: e.logs.logger, registry: createRegistry(), holder })),
+      );
+      const writers = opened.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      const refusals = opened.flatMap((r) => (r.status === 'rejected' ? [(r.reason as { code?: string }).code] : []));
+      expect({ round, writers: writers.length, refusals }).toEqual({ round, writers: 1, refusals: ['WARD_CA_STATE_LOCKED', 'WARD_CA_STATE_LOCKED'] });
+      const lock = JSON.parse(await readFile(join(e.dir, 'ca.lock'), 'utf8')) as { pid: number; holder: string };
+      expect(lock.pid).toBe(process.pid);
+      await writers[0].close();
+      // Closing frees the lock; nothing of the takeover is left behind.
+      expect((await readdir(e.dir)).filter((n) => n.startsWith('ca.lock'))).toEqual([]);
+    }
+  });
+
+  it('a lock naming pid 0 or a negative pid (process groups, not processes) is stale', async () => {
+    const { ca, e } = await newCa();
+    await ca.close();
+    for (const pid of [0, -1]) {
+      await writeFile(join(e.dir, 'ca.lock'), JSON.stringify({ pid, holder: 'garbage', startedAt: new Date(0).toISOString() }));
+      const again = await open({ ...e, registry: createRegistry() });
+      expect(again.readOnly).toBe(false);
+      await again.close();
+    }
+  });
+
   it('a reader skips, and never truncates, an incomplete last line (the writer may still be appending)', async () => {
     const { ca, e } = await newCa();
     await ca.issue({ csr: csrFor(), identity: CART, requester: NODE });

@@ -31,7 +31,7 @@ import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core
 import { parseDuration, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
 import { SpiffeId } from '../core/identity/index.js';
-import { PrivateKey, createCsr } from '../core/pki/index.js';
+import { PrivateKey, createCsr, type TrustBundle } from '../core/pki/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../core/tls/index.js';
 import { RateLimiter } from '../core/rate-limit.js';
 import type { CertificateAuthority } from './authority.js';
@@ -110,8 +110,11 @@ export interface CaServerOptions {
   logger: Logger;
   registry: Registry;
   limits?: Partial<CaServerLimits>;
-  /** What the admin /v1/status route returns (the same report as `ward ca inspect --state`). */
-  status?: () => Promise<unknown>;
+  /**
+   * What the admin /v1/status route returns (the same report as `ward ca inspect --state`);
+   * `latest` is the route's `?latest=N` (0..1000), how many recent records to list.
+   */
+  status?: (q: { latest?: number }) => Promise<unknown>;
 }
 
 export class CaServer {
@@ -129,6 +132,14 @@ export class CaServer {
   #credentials?: Credentials;
   #credentialsNotAfter = 0;
   #adminTokenDigest: Buffer | undefined;
+  /**
+   * The verified identity of each connection's client certificate, and when that certificate
+   * expires. A TLS 1.3 connection's peer certificate never changes (no renegotiation), so it is
+   * parsed and checked once per connection, not once per request on a keep-alive connection.
+   */
+  readonly #peers = new WeakMap<object, { id: SpiffeId; notAfter: number }>();
+  /** The bundle's encodings, made once per bundle (the CA hands out a new object on each change). */
+  #bundleCache?: { bundle: TrustBundle; pem: string; jwks: string };
 
   constructor(o: CaServerOptions) {
     this.#o = o;
@@ -290,9 +301,9 @@ export class CaServer {
         return this.#reply(res, route, 200, this.#health());
       }
       if (route === 'bundle') {
-        const bundle = this.#o.ca.bundle();
-        if (path === '/v1/bundle.jwks' || /application\/json/.test(req.headers.accept ?? '')) return this.#reply(res, route, 200, bundle.toJwks());
-        return this.#replyText(res, route, 200, bundle.toPem(), 'application/x-pem-file');
+        const bundle = this.#encodedBundle();
+        if (path === '/v1/bundle.jwks' || /application\/json/.test(req.headers.accept ?? '')) return this.#replyText(res, route, 200, bundle.jwks, 'application/json');
+        return this.#replyText(res, route, 200, bundle.pem, 'application/x-pem-file');
       }
       if (route === 'join') {
         const body = await this.#readJson(req);
@@ -367,14 +378,31 @@ export class CaServer {
       notBefore: issued.notBefore.toISOString(),
       notAfter: issued.notAfter.toISOString(),
       certificate: issued.chainPem,
-      bundle: this.#o.ca.bundle().toPem(),
+      bundle: this.#encodedBundle().pem,
     };
   }
 
+  #encodedBundle(): { pem: string; jwks: string } {
+    const bundle = this.#o.ca.bundle();
+    if (this.#bundleCache?.bundle !== bundle) {
+      this.#bundleCache = { bundle, pem: bundle.toPem(), jwks: JSON.stringify(bundle.toJwks()) + '\n' };
+    }
+    return this.#bundleCache;
+  }
+
   #authenticate(req: IncomingMessage): SpiffeId {
-    const id = peerIdentity(req.socket as TLSSocket, { trustDomain: this.#o.ca.trustDomain });
-    if (!id) throw new WardError('WARD_CA_UNAUTHENTICATED', 'no client certificate presented');
-    return id;
+    const socket = req.socket as TLSSocket;
+    let peer = this.#peers.get(socket);
+    if (!peer) {
+      const id = peerIdentity(socket, { trustDomain: this.#o.ca.trustDomain });
+      if (!id) throw new WardError('WARD_CA_UNAUTHENTICATED', 'no client certificate presented');
+      peer = { id, notAfter: Date.parse(socket.getPeerCertificate(false).valid_to) };
+      this.#peers.set(socket, peer);
+    }
+    // OpenSSL checked validity at the handshake only; a keep-alive connection can outlive the
+    // certificate, and an expired one must not keep renewing itself.
+    if (!(this.#o.clock.now() <= peer.notAfter)) throw new WardError('WARD_PKI_SVID_INVALID', `the client certificate of ${peer.id} has expired`);
+    return peer.id;
   }
 
   #limit(client: string): void {
@@ -490,7 +518,12 @@ export class CaServer {
       if (path === '/healthz') return plain(res, 200, 'ok\n');
       if (path === '/metrics') return plain(res, 200, await this.#o.registry.metrics(), this.#o.registry.contentType);
       if (path === '/v1/status' && this.#o.status) {
-        const text = JSON.stringify(await this.#o.status(), null, 2) + '\n';
+        const given = new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('latest');
+        const latest = given === null ? undefined : Number(given);
+        if (latest !== undefined && (given === '' || !Number.isInteger(latest) || latest < 0 || latest > 1000)) {
+          return plain(res, 400, 'latest must be a whole number from 0 to 1000\n');
+        }
+        const text = JSON.stringify(await this.#o.status(latest === undefined ? {} : { latest }), null, 2) + '\n';
         return plain(res, 200, text, 'application/json');
       }
       return plain(res, 404, 'not found\n');

@@ -285,10 +285,16 @@ function renderReport(r: CaReport, now: number, warnWithinMs: number): string {
   return L.join('\n') + '\n';
 }
 
-async function fetchReport(server: string): Promise<CaReport> {
+/** describeAuthority for `--latest` 0..1000 (the inventory and audit queries take 1..1000). */
+async function reportOf(ca: CertificateAuthority, now: number, latest: number): Promise<CaReport> {
+  const r = await describeAuthority(ca, now, Math.max(1, latest));
+  return latest === 0 ? { ...r, latestIssued: [], latestRefused: [] } : r;
+}
+
+async function fetchReport(server: string, latest: number): Promise<CaReport> {
   let url: URL;
   try {
-    url = new URL('/v1/status', server);
+    url = new URL(`/v1/status?latest=${latest}`, server);
   } catch {
     throw new WardError('WARD_USAGE', `--server wants the CA's admin URL, e.g. http://127.0.0.1:9443, got "${server}"`);
   }
@@ -299,7 +305,9 @@ async function fetchReport(server: string): Promise<CaReport> {
     throw new WardError('WARD_CA_UNREACHABLE', `cannot reach the CA admin endpoint ${url}: ${(err as Error).message}`, { cause: err });
   }
   if (!res.ok) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered HTTP ${res.status}`);
-  return (await res.json()) as CaReport;
+  const report = (await res.json()) as CaReport;
+  // --latest holds whatever the server sent (a server that ignores ?latest= sends its default).
+  return { ...report, latestIssued: (report.latestIssued ?? []).slice(0, latest), latestRefused: (report.latestRefused ?? []).slice(0, latest) };
 }
 
 const inspect: Command = {
@@ -333,12 +341,12 @@ Exit status: 0 when nothing needs attention, 1 when a warning or error was found
     if (stateDir !== undefined) {
       const ca = await openCa(stateDir, { readOnly: true });
       try {
-        report = await describeAuthority(ca, now, latest);
+        report = await reportOf(ca, now, latest);
       } finally {
         await ca.close();
       }
     } else {
-      report = await fetchReport(server!);
+      report = await fetchReport(server!, latest);
     }
     const warnings = caWarnings(report, now, warnWithinMs);
     if (flag(args, 'json')) writeJson(io, { ...report, warnings });
@@ -662,7 +670,7 @@ Example:
     const registry = createRegistry();
     const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger, registry, holder: 'ward ca serve' });
     const tokens = new JoinTokens({ stateDir, trustDomain: info.trustDomain, clock: systemClock });
-    const server = new CaServer({ ca, tokens, authorizer, clock: systemClock, logger, registry, status: () => describeAuthority(ca, systemClock.now()) });
+    const server = new CaServer({ ca, tokens, authorizer, clock: systemClock, logger, registry, status: (q) => reportOf(ca, systemClock.now(), q.latest ?? 10) });
     const unsubscribe = ca.onChange(() => void server.refreshCredentials().catch((err) => logger.error({ err }, 'refreshing server credentials failed')));
     // Registered before listening, so a signal during start-up still stops cleanly.
     let onSignal: (signal: NodeJS.Signals) => void = () => undefined;

@@ -109,7 +109,7 @@ export function renderCertificate(r: CertificateReport, title: string): string {
   return L.join('\n') + '\n';
 }
 
-/** The SVID verdict on the leaf (a lone CA certificate is judged as a signing certificate). */
+/** The SVID verdict on the leaf, chain[0] (a CA certificate there is refused: leaf-is-ca). */
 export async function judge(chain: Certificate[], bundle: TrustBundle | undefined, now: number): Promise<InspectVerdict> {
   const leaf = chain[0];
   const svid = checkSvidLeaf(leaf, { usage: 'any' });
@@ -170,7 +170,12 @@ export async function loadBundleFile(path: string, io: CliIo, trustDomain?: stri
     return TrustBundle.fromJwks(trustDomain, text);
   }
   const roots = certificatesOf(input, `--bundle ${inputName(path)}`);
-  const td = trustDomain ?? (roots[0].uris.map((u) => SpiffeId.tryParse(u)).find((x) => x)?.trustDomain ?? 'cluster.local');
+  // The trust domain is the bundle's, never a guess: a root brought by the operator usually carries
+  // no SPIFFE ID, and judging the leaf against a made-up one would report "foreign-trust-domain".
+  const td = trustDomain ?? roots.flatMap((r) => r.uris.map((u) => SpiffeId.tryParse(u))).find((x) => x)?.trustDomain;
+  if (td === undefined) {
+    throw new WardError('WARD_USAGE', `--trust-domain is required: the roots in --bundle ${inputName(path)} name no trust domain (no spiffe:// URI SAN)`);
+  }
   try {
     // PEM goes through fromPem, which also refuses a bundle file carrying anything but certificates.
     return input.includes('-----BEGIN') ? TrustBundle.fromPem(td, text) : new TrustBundle(td, roots);
@@ -234,7 +239,8 @@ Flags:
   --connect HOST:PORT   inspect what a TLS server presents (nothing is trusted by connecting)
   --servername NAME     SNI to send with --connect
   --bundle FILE         trust bundle: PEM roots (e.g. from "ward ca bundle") or SPIFFE JWKS
-  --trust-domain TD     trust domain of a JWKS bundle
+  --trust-domain TD     the bundle's trust domain: required for a JWKS bundle, and for PEM roots
+                        that name none (e.g. your own root); otherwise read from the roots
   --timeout DURATION    handshake timeout for --connect, e.g. 5s (default 10s)
   --json                machine-readable output
 

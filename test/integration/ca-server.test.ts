@@ -11,9 +11,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
-import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { Agent, request as httpsRequest, type RequestOptions } from 'node:https';
+import { connect as tlsConnect, TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { CaServer, CertificateAuthority, assertLoopback, caServerId, type CaServerLimits } from '../../ca/index.js';
 // Not public: the test reads the issuing key to mint a hostile, validly chained client certificate.
 import { keyPath } from '../../ca/store.js';
@@ -34,7 +35,7 @@ import {
   verifySvid,
 } from '../../core/pki/index.js';
 import { meshClientOptions, type Credentials } from '../../core/tls/index.js';
-import { GrantList, TD, captureLogs, startCa, type CaHarness, type CallResult } from '../helpers/ca.js';
+import { GrantList, TD, captureLogs, clientOptions, startCa, type CaHarness, type CallResult } from '../helpers/ca.js';
 import { openssl, opensslOk, tempDir } from '../helpers/openssl.js';
 
 const run = promisify(execFile);
@@ -639,6 +640,65 @@ describe('admin listener', () => {
     // Nothing was started, so nothing was issued for it either.
     expect(server.credentials).toBeUndefined();
     await server.close();
+  });
+});
+
+describe('work done once, not per request', () => {
+  /** A request with prepared TLS options (or a keep-alive agent): building them is not counted. */
+  function send(h: CaHarness, o: RequestOptions, method: string, path: string, body?: unknown): Promise<{ status: number; text: string; json: any }> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise((resolve, reject) => {
+      const req = httpsRequest(
+        { ...o, host: '127.0.0.1', port: h.port, method, path, headers: payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {} },
+        (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c: string) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text, json: text.startsWith('{') ? JSON.parse(text) : undefined }));
+        },
+      );
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
+  it('encodes the bundle once per bundle, not per request, and serves the new one after a change', async () => {
+    const h = await startCa();
+    const o = { ...clientOptions(h.bundle), agent: false as const };
+    const toPem = vi.spyOn(TrustBundle.prototype, 'toPem');
+    const toJwks = vi.spyOn(TrustBundle.prototype, 'toJwks');
+    for (let i = 0; i < 3; i++) {
+      expect((await send(h, o, 'GET', '/v1/bundle')).text).toBe(h.bundle.toPem());
+      expect(TrustBundle.fromJwks(TD, (await send(h, o, 'GET', '/v1/bundle.jwks')).text).roots).toHaveLength(1);
+    }
+    expect(toPem).toHaveBeenCalledTimes(1 + 3); // the server's one encoding, and the test's three
+    expect(toJwks).toHaveBeenCalledTimes(1);
+    await h.ca.rotation.prepare('root');
+    expect(TrustBundle.fromPem(TD, (await send(h, o, 'GET', '/v1/bundle')).text).roots).toHaveLength(2);
+  });
+
+  it('checks a keep-alive client\'s certificate once per connection, and refuses it once it has expired', async () => {
+    const h = await startCa();
+    const node = await h.join('node-a');
+    const agent = new Agent({ keepAlive: true, maxSockets: 1, maxCachedSessions: 0 });
+    onTestFinished(() => agent.destroy());
+    const o = { ...clientOptions(h.bundle, node), agent };
+    const renew = () => send(h, o, 'POST', '/v1/issue', { csr: csr() });
+    expect((await renew()).status).toBe(200);
+    const peerCertificateReads = vi.spyOn(TLSSocket.prototype, 'getPeerCertificate');
+    for (let i = 0; i < 3; i++) expect((await renew()).status).toBe(200);
+    expect(peerCertificateReads).not.toHaveBeenCalled();
+    // The node's certificate (1h) expires while its connection stays open: OpenSSL checked it at
+    // the handshake only, so without a check here it could renew itself for ever.
+    h.clock.advance(2 * 3_600_000);
+    const late = await renew();
+    expect({ status: late.status, body: late.json }).toEqual({ status: 401, body: { error: { code: 'WARD_PKI_SVID_INVALID', message: ERROR_CODES.WARD_PKI_SVID_INVALID } } });
+  });
+
+  it('/v1/status?latest=N: N is a whole number from 0 to 1000', async () => {
+    const h = await startCa();
+    expect((await adminGet(h, '/v1/status?latest=3')).status).toBe(200);
+    for (const bad of ['x', '-1', '1001', '2.5', '']) expect((await adminGet(h, `/v1/status?latest=${bad}`)).status).toBe(400);
   });
 });
 

@@ -589,6 +589,23 @@ describe('cert inspect', () => {
     expect(bad.stdout).toMatch(/Bundle: +× does not validate \(no-path\)/);
   });
 
+  it('--bundle of roots that name no trust domain (an operator\'s root): --trust-domain is required, never guessed', async () => {
+    const dir = await tempDir('ward-cli-');
+    const root = await opensslRoot(dir, 'root');
+    const state = join(dir, 'state');
+    expect((await ward(['ca', 'init', '--state', state, '--trust-domain', TD, '--root-cert', root.cert, '--root-key', root.key])).code).toBe(0);
+    const { chain } = await issued(dir, state);
+    const bundle = join(dir, 'bundle.pem');
+    await writeFile(bundle, (await ward(['ca', 'bundle', '--state', state])).stdout);
+    const guessed = await ward(['cert', 'inspect', chain, '--bundle', bundle]);
+    expect(guessed.code).toBe(2);
+    expect(guessed.stderr).toContain('--trust-domain is required: the roots in --bundle');
+    expect(guessed.stdout).not.toContain('foreign-trust-domain');
+    const given = await ward(['cert', 'inspect', chain, '--bundle', bundle, '--trust-domain', TD]);
+    expect(given.code, given.stdout).toBe(0);
+    expect(given.stdout).toContain('Bundle:     ✓ chains to a trusted root (3 certificates)');
+  });
+
   it('a root certificate is not a leaf SVID: ×, exit 1', async () => {
     const { dir, init } = await newCa();
     const root = join(dir, 'root.pem');
@@ -798,6 +815,31 @@ describe('ca serve', () => {
     child.kill('SIGTERM');
     expect(await exited(child)).toBe(0);
     expect(child.output.stderr).toContain('ward ca serve: SIGTERM: draining and stopping');
+  });
+
+  it('"ca inspect --server --latest N" lists N recent issuances, as "--state" does', async () => {
+    const { dir, state } = await newCa();
+    const child = spawnWard(['ca', 'serve', '--state', state, '--listen', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--log-level', 'warn']);
+    const m = await stderrMatch(child, /admin http:\/\/127\.0\.0\.1:(\d+)\n/);
+    const server = `http://127.0.0.1:${m[1]}`;
+    await issued(dir, state); // through the server's admin API: it holds the state directory
+    await issued(dir, state);
+    const latest = async (n: string) => {
+      const r = await ward(['ca', 'inspect', '--server', server, '--latest', n, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      return JSON.parse(r.stdout) as { latestIssued: unknown[]; counts: { issued: number } };
+    };
+    const two = await latest('2');
+    expect(two.counts.issued).toBe(3); // the server's own certificate, and the two above
+    expect(two.latestIssued).toHaveLength(2);
+    expect((await latest('0')).latestIssued).toEqual([]);
+    const local = await ward(['ca', 'inspect', '--state', state, '--latest', '0', '--json']);
+    expect(local.code, local.stderr).toBe(0);
+    expect(JSON.parse(local.stdout).latestIssued).toEqual([]);
+    const text = await ward(['ca', 'inspect', '--server', server, '--latest', '1']);
+    expect(text.stdout.split('Latest issued:\n')[1]?.split('\n\n')[0].split('\n')).toHaveLength(1);
+    child.kill('SIGTERM');
+    expect(await exited(child)).toBe(0);
   });
 
   it('flag and listen errors stop it cleanly: non-loopback admin (exit 2), port in use (exit 1)', async () => {
