@@ -180,6 +180,11 @@ export class AppendLog<T> {
     return { log: new AppendLog<T>(path, fh, o, onDurable), torn };
   }
 
+  /** Set once a write or fsync failed: the log then refuses every append until the CA restarts. */
+  get failure(): WardError | undefined {
+    return this.#failure;
+  }
+
   /** Records queued or being written. */
   get pending(): number {
     return this.#queuedLines.length + this.#inFlight;

@@ -120,6 +120,11 @@ export class AuditLog {
     return this.#log.hasRoom();
   }
 
+  /** Why the log stopped accepting records (a failed write or fsync), if it did. */
+  get failure(): Error | undefined {
+    return this.#log.failure;
+  }
+
   /** Appends a decision; resolves when it is durable. */
   record(rec: AuditRecord): Promise<void> {
     return this.#log.append(rec);

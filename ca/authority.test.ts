@@ -740,3 +740,20 @@ describe('one writer per state directory', () => {
     expect((await stat(path)).size).toBe(size);
   });
 });
+
+describe('concurrent init', () => {
+  it('lets exactly one of two concurrent inits create the CA, and the result opens cleanly', async () => {
+    const e = await env();
+    const results = await Promise.allSettled([
+      CertificateAuthority.init({ stateDir: e.dir, trustDomain: TD, clock: e.clock }),
+      CertificateAuthority.init({ stateDir: e.dir, trustDomain: TD, clock: e.clock }),
+    ]);
+    const ok = results.filter((r) => r.status === 'fulfilled');
+    expect(ok).toHaveLength(1);
+    const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+    expect(['WARD_CA_ALREADY_INITIALIZED', 'WARD_CA_STATE_LOCKED']).toContain(failed.reason.code);
+    const ca = await open(e);
+    expect(ca.bundle().roots[0].fingerprintSha256).toBe((ok[0] as PromiseFulfilledResult<{ root: { fingerprint: string } }>).value.root.fingerprint);
+    expect((await ca.issue({ csr: csrFor(), identity: CART, requester: NODE })).id.equals(CART)).toBe(true);
+  });
+});

@@ -308,6 +308,31 @@ export class CertificateAuthority {
     await selfTestIssuer(issuer, bundle, now);
 
     await ensureStateDir(stateDir);
+    // The writer's lock, so two inits (or `ca serve --init` beside `ca init`) cannot sweep each
+    // other's files; re-checked under it: a CA committed meanwhile is not overwritten.
+    const lock = await StateLock.acquire(stateDir, 'ward ca init', new Date(now));
+    try {
+      if (await exists(join(stateDir, STATE_FILE))) throw new WardError('WARD_CA_ALREADY_INITIALIZED', `${stateDir} already holds a CA (${STATE_FILE} appeared during init)`);
+      await CertificateAuthority.#initLocked(o, { stateDir, trustDomain, rootTtl, intTtl, now }, root, issuer);
+    } finally {
+      await lock.release();
+    }
+    return {
+      stateDir,
+      trustDomain,
+      mode,
+      root: summary(root.cert, 'active', root.origin),
+      issuer: summary(issuer.cert, 'active', issuer.origin),
+      bundlePem: bundle.toPem(),
+    };
+  }
+
+  static async #initLocked(
+    o: InitOptions,
+    { stateDir, trustDomain, rootTtl, intTtl, now }: { stateDir: string; trustDomain: string; rootTtl: number; intTtl: number; now: number },
+    root: RootMaterial,
+    issuer: IssuerMaterial,
+  ): Promise<void> {
     // No ca.json: anything of ours in here is the debris of an interrupted init.
     await sweepOrphans(stateDir, undefined);
     await saveRoot(stateDir, root, o.hooks);
@@ -324,17 +349,7 @@ export class CertificateAuthority {
       issuers: [{ fingerprint: issuer.cert.fingerprintSha256, root: root.cert.fingerprintSha256, state: 'active', origin: issuer.origin, addedAt: at, activatedAt: at }],
       rotation: null,
     };
-    // Re-checked at the commit point, so two concurrent inits cannot both succeed silently.
-    if (await exists(join(stateDir, STATE_FILE))) throw new WardError('WARD_CA_ALREADY_INITIALIZED', `${stateDir} already holds a CA (${STATE_FILE} appeared during init)`);
     await writeState(stateDir, state, o.hooks);
-    return {
-      stateDir,
-      trustDomain,
-      mode,
-      root: summary(root.cert, 'active', root.origin),
-      issuer: summary(issuer.cert, 'active', issuer.origin),
-      bundlePem: bundle.toPem(),
-    };
   }
 
   /**
@@ -350,7 +365,12 @@ export class CertificateAuthority {
     // One writer per directory (see lock.ts); taken before anything is repaired or swept.
     const lock = o.readOnly ? undefined : await StateLock.acquire(o.stateDir, o.holder ?? 'ward', new Date(o.clock.now()));
     try {
-      return await CertificateAuthority.#openLocked(o, state, lock, log, defaultTtl);
+      // Read again under the lock: a writer may have committed a step (and released the lock)
+      // since the read above, and sweeping orphans against a stale ca.json would delete the new
+      // step's files.
+      const current = lock ? await readState(o.stateDir) : state;
+      if (!current) throw new WardError('WARD_CA_NOT_INITIALIZED', `${o.stateDir} holds no CA (no ${STATE_FILE}); run \`ward ca init\``);
+      return await CertificateAuthority.#openLocked(o, current, lock, log, defaultTtl);
     } catch (err) {
       await lock?.release();
       throw err;
@@ -536,6 +556,19 @@ export class CertificateAuthority {
   onChange(listener: (change: CaChange) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Whether the CA can issue: its durable logs accept records and its active issuer is valid now.
+   * Health endpoints report this, so an orchestrator restarts a CA that can only refuse.
+   */
+  health(): { ok: true } | { ok: false; reason: string } {
+    const failure = this.inventory.failure ?? this.audit.failure;
+    if (failure) return { ok: false, reason: `durable log failed: ${failure.message}` };
+    const w = this.#active.window;
+    const now = this.#clock.now();
+    if (now < w.validFrom || now > w.validUntil) return { ok: false, reason: 'the active issuing CA is not valid now' };
+    return { ok: true };
   }
 
   counts(): CaCounts {

@@ -126,6 +126,11 @@ export class CertificateInventory {
     return this.#log.hasRoom();
   }
 
+  /** Why the log stopped accepting records (a failed write or fsync), if it did. */
+  get failure(): Error | undefined {
+    return this.#log.failure;
+  }
+
   /**
    * Appends a record; resolves when it is durable. The leaf horizon moves immediately, before the
    * write: a leaf that exists (even one whose record is still in flight) must hold back retirement.

@@ -39,12 +39,21 @@ import { clip } from './audit.js';
 import type { JoinTokens } from './tokens.js';
 import { KEY_FILE_MODE, removeFileDurable, writeFileDurable } from './store.js';
 
+const TOKEN_SWEEP_MS = 10 * 60_000;
+
 /** Where the running server leaves its admin token for the operator's commands (mode 0600). */
 export const ADMIN_TOKEN_FILE = 'admin.token';
 
-/** Decides which workload identities a node may obtain. The discovery pool supplies the real one. */
+/**
+ * Decides what a node may obtain: the discovery pool supplies the real answers from the source of
+ * truth. Both are asked at every request, so removing a node or moving a workload takes effect at
+ * its next renewal.
+ */
 export interface WorkloadAuthorizer {
+  /** May this authenticated node obtain this workload identity (a workload declared on it)? */
   mayObtain(node: SpiffeId, identity: SpiffeId): boolean | Promise<boolean>;
+  /** May this node renew its own node identity (is it still a member of the mesh)? */
+  mayRenewNode(node: SpiffeId): boolean | Promise<boolean>;
 }
 
 export interface CaServerLimits {
@@ -132,6 +141,7 @@ export class CaServer {
   #credentials?: Credentials;
   #credentialsNotAfter = 0;
   #adminTokenDigest: Buffer | undefined;
+  #sweepTimer?: NodeJS.Timeout;
   /**
    * The verified identity of each connection's client certificate, and when that certificate
    * expires. A TLS 1.3 connection's peer certificate never changes (no renegotiation), so it is
@@ -225,8 +235,18 @@ export class CaServer {
       await this.#publishAdmin(`http://${host.includes(':') ? `[${host}]` : host}:${adminPort}`);
     }
     this.#scheduleRenewal();
+    this.#sweepTokens();
+    this.#sweepTimer = setInterval(() => this.#sweepTokens(), TOKEN_SWEEP_MS).unref();
     this.#log.info({ port, adminPort, id: creds.id.toString() }, 'CA server listening');
     return { port, adminPort };
+  }
+
+  /** Expired join tokens are deleted (unused ones would otherwise pile up in <state>/tokens). */
+  #sweepTokens(): void {
+    this.#o.tokens.sweepExpired().then(
+      (n) => n > 0 && this.#log.info({ removed: n }, 'removed expired join tokens'),
+      (err) => this.#log.warn({ err }, 'sweeping expired join tokens failed'),
+    );
   }
 
   #scheduleRenewal(): void {
@@ -249,6 +269,7 @@ export class CaServer {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#renewTimer);
+    clearInterval(this.#sweepTimer);
     await Promise.all([
       this.#server ? closeServer(this.#server, graceMs, this.#sockets) : undefined,
       this.#admin ? closeServer(this.#admin, graceMs, new Set()) : undefined,
@@ -298,7 +319,8 @@ export class CaServer {
       // refusals included, so they cannot be repeated without bound), then by its SPIFFE ID.
       if (route !== 'issue') this.#limit(`addr:${remote}`);
       if (route === 'health') {
-        return this.#reply(res, route, 200, this.#health());
+        const health = this.#o.ca.health();
+        return this.#reply(res, route, health.ok ? 200 : 503, this.#health(health));
       }
       if (route === 'bundle') {
         const bundle = this.#encodedBundle();
@@ -333,7 +355,10 @@ export class CaServer {
         }
         // Only workload identities are grantable: another node's identity, the CA's own or the bare
         // trust domain never are, whatever the authorizer would say.
-        if (!identity.equals(caller) && !(identity.workload && (await this.#o.authorizer.mayObtain(caller, identity)))) {
+        const allowed = identity.equals(caller)
+          ? await this.#o.authorizer.mayRenewNode(caller)
+          : identity.workload !== undefined && (await this.#o.authorizer.mayObtain(caller, identity));
+        if (!allowed) {
           throw await this.#audited(caller, identity, new WardError('WARD_CA_FORBIDDEN', `node ${caller} may not obtain ${identity}`));
         }
         const issued = await this.#o.ca.issue({ csr, identity, requester: caller.toString(), ttlMs });
@@ -366,9 +391,11 @@ export class CaServer {
     return err;
   }
 
-  #health(): unknown {
+  #health(health: ReturnType<CertificateAuthority['health']>): unknown {
     const issuer = this.#o.ca.activeIssuer().cert;
-    return { status: 'ok', trustDomain: this.#o.ca.trustDomain, activeIssuer: issuer.fingerprintSha256, issuerNotAfter: issuer.notAfter.toISOString() };
+    // The reason stays in the log: the mesh API never shows internal detail.
+    if (!health.ok) this.#log.error({ reason: health.reason }, 'CA unhealthy');
+    return { status: health.ok ? 'ok' : 'unavailable', trustDomain: this.#o.ca.trustDomain, activeIssuer: issuer.fingerprintSha256, issuerNotAfter: issuer.notAfter.toISOString() };
   }
 
   #issuedBody(issued: { chainPem: string; serialHex: string; notBefore: Date; notAfter: Date; id: SpiffeId }): unknown {
@@ -515,7 +542,11 @@ export class CaServer {
     try {
       if (req.method === 'POST' && (path === '/v1/admin/issue' || path === '/v1/admin/rotate')) return await this.#handleAdminWrite(req, res, path);
       if (req.method !== 'GET') return plain(res, 405, 'method not allowed\n');
-      if (path === '/healthz') return plain(res, 200, 'ok\n');
+      if (path === '/healthz') {
+        // The admin port is the operator's: the reason is shown.
+        const health = this.#o.ca.health();
+        return health.ok ? plain(res, 200, 'ok\n') : plain(res, 503, `unavailable: ${health.reason}\n`);
+      }
       if (path === '/metrics') return plain(res, 200, await this.#o.registry.metrics(), this.#o.registry.contentType);
       if (path === '/v1/status' && this.#o.status) {
         const given = new URLSearchParams((req.url ?? '').split('?')[1] ?? '').get('latest');

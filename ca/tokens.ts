@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile, unlink, mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { WardError } from '../core/errors.js';
 import type { Clock } from '../core/clock.js';
 import { SpiffeId } from '../core/identity/index.js';
@@ -56,7 +56,9 @@ export class JoinTokens {
     if (!Number.isSafeInteger(ttlMs) || ttlMs < 1000 || ttlMs > MAX_TOKEN_TTL_MS) {
       throw new WardError('WARD_CONFIG_INVALID', `join token lifetime must be between 1s and 24h, got ${ttlMs}ms`);
     }
-    await mkdir(this.#dir, { recursive: true, mode: STATE_DIR_MODE });
+    // mkdir returns the first directory it created: then its parent's entry must be made durable
+    // too, or a crash could take the directory, and the token in it, away.
+    if (await mkdir(this.#dir, { recursive: true, mode: STATE_DIR_MODE })) await fsyncDir(dirname(this.#dir));
     const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
     const now = this.#clock.now();
     const expiresAt = new Date(now + ttlMs);

@@ -516,7 +516,9 @@ Rotates CA material in three steps, each persisted (a restart resumes in the sam
   status    show the phase and what retire waits for.
 
 While "ward ca serve" runs on DIR, each step is carried out by the server (through its admin API),
-so the certificate it presents and the bundle it serves follow at once.
+so the certificate it presents and the bundle it serves follow at once. Preparing with your own
+certificate and key files is the exception: stop the server for that step (key files are not sent
+over the admin API).
 
 Flags:
   --state DIR          the CA state directory (required)
@@ -601,7 +603,8 @@ export function staticAuthorizer(pairs: string[], trustDomain: string): Workload
     if (!id.memberOf(trustDomain)) throw new WardError('WARD_USAGE', `--allow ${p}: ${id} is outside the CA's trust domain ${trustDomain}`);
     allowed.add(`${node} ${id}`);
   }
-  return { mayObtain: (node, id) => allowed.has(`${node} ${id}`) };
+  // Standalone, the CA has no source of truth for node membership: a joined node stays a member.
+  return { mayObtain: (node, id) => allowed.has(`${node} ${id}`), mayRenewNode: () => true };
 }
 
 const serve: Command = {

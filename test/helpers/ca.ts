@@ -4,6 +4,7 @@
  * client does (TLS 1.3, the trust bundle, secure naming on spiffe://TD/ward/ca). Everything it
  * creates is closed or removed when the current test finishes. Tests only.
  */
+import type { StoreHooks } from '../../ca/store.js';
 import { request, type RequestOptions } from 'node:https';
 import type { IncomingHttpHeaders } from 'node:http';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -49,6 +50,18 @@ export class GrantList implements WorkloadAuthorizer {
   mayObtain(node: SpiffeId, identity: SpiffeId): boolean {
     this.asked.push({ node: node.toString(), identity: identity.toString() });
     return this.#grants.has(`${node} ${identity}`);
+  }
+
+  readonly #removedNodes = new Set<string>();
+
+  /** The node leaves the mesh: it may no longer renew its own identity. */
+  removeNode(node: SpiffeId | string): this {
+    this.#removedNodes.add(node.toString());
+    return this;
+  }
+
+  mayRenewNode(node: SpiffeId): boolean {
+    return !this.#removedNodes.has(node.toString());
   }
 }
 
@@ -126,6 +139,8 @@ export function call(port: number, bundle: TrustBundle, method: string, path: st
 }
 
 export interface StartCaOptions {
+  /** Store hooks (crash/failure injection) for the CA. */
+  hooks?: StoreHooks;
   /** Default: a ManualClock at the real current time (peers' TLS stacks check validity on real time). */
   clock?: ManualClock;
   limits?: Partial<CaServerLimits>;
@@ -166,7 +181,7 @@ export async function startCa(o: StartCaOptions = {}): Promise<CaHarness> {
   const registry = createRegistry();
   const logs = captureLogs();
   await CertificateAuthority.init({ stateDir, trustDomain: TD, clock });
-  const ca = await CertificateAuthority.open({ stateDir, clock, logger: logs.logger, registry });
+  const ca = await CertificateAuthority.open({ stateDir, clock, logger: logs.logger, registry, hooks: o.hooks });
   cleanups.push(() => ca.close());
   const tokens = new JoinTokens({ stateDir, trustDomain: TD, clock });
   const authorizer = o.authorizer ?? new GrantList();

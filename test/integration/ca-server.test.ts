@@ -244,7 +244,17 @@ describe('issuance with a node certificate', () => {
     // The renewed certificate authenticates in turn.
     const renewed = await h.issue(node);
     await verifyIssued(h, await h.call('POST', '/v1/issue', { body: { csr: csr() }, creds: renewed }), nodeId('node-a'));
-    expect(h.authorizer.asked).toEqual([]); // its own identity needs no authorization
+    expect(h.authorizer.asked).toEqual([]); // no workload identity was asked for
+  });
+
+  it('stops renewing a node that left the mesh (the authorizer says so), at its next request', async () => {
+    const h = await startCa();
+    const node = await h.join('node-a');
+    expect((await h.call('POST', '/v1/issue', { body: { csr: csr() }, creds: node })).status).toBe(200);
+    h.authorizer.removeNode(node.id);
+    const r = await h.call('POST', '/v1/issue', { body: { csr: csr() }, creds: node });
+    expectError(r, 403, 'WARD_CA_FORBIDDEN');
+    expect((await h.ca.audit.query({ decision: 'refused', limit: 1 }))[0]).toMatchObject({ identity: node.id.toString(), code: 'WARD_CA_FORBIDDEN' });
   });
 
   it('issues a workload identity the authorizer allows, carrying exactly that identity and lifetime', async () => {
@@ -344,8 +354,25 @@ describe('issuance with a node certificate', () => {
     expect(logged).toHaveLength(1);
     expect(logged[0]).toMatchObject({ level: 50, route: 'issue', code: 'WARD_CA_INTERNAL' });
     expect(String(logged[0].err)).toContain('source of truth unreachable');
-    // Its own identity needs no authorizer, so renewal still works.
+    // Node renewal asks the authorizer's other question, which still answers: renewal works.
     await verifyIssued(h, await h.call('POST', '/v1/issue', { body: { csr: csr() }, creds: node }), node.id);
+  });
+});
+
+describe('health', () => {
+  it('turns unhealthy (503) once the durable logs fail, instead of answering ok while refusing everything', async () => {
+    let failWrites = false;
+    const h = await startCa({ hooks: { onStep: (step) => { if (failWrites && step === 'appended') throw new Error('EIO: disk gone'); } } });
+    expect((await h.call('GET', '/v1/health')).status).toBe(200);
+    const node = await h.join('node-a');
+    failWrites = true;
+    expectError(await h.call('POST', '/v1/issue', { body: { csr: csr() }, creds: node }), 500, 'WARD_CA_INTERNAL');
+    const health = await h.call('GET', '/v1/health');
+    expect(health.status).toBe(503);
+    expect(health.text).not.toContain('EIO'); // detail stays in the log
+    const admin = await fetch(`http://127.0.0.1:${h.adminPort}/healthz`);
+    expect(admin.status).toBe(503);
+    expect(await admin.text()).toContain('EIO: disk gone');
   });
 });
 
