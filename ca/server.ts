@@ -65,6 +65,8 @@ export interface CaServerLimits {
   /** Deadline for the request headers, and for the TLS handshake before them (slow-loris). */
   headersTimeoutMs: number;
   maxConnections: number;
+  /** Open connections one client (one IPv4 address or IPv6 /64) may hold, so one host cannot take them all. */
+  maxConnectionsPerClient: number;
   /** Per authenticated node, and per source address for unauthenticated routes. */
   perClientPerSecond: number;
   perClientBurst: number;
@@ -78,6 +80,7 @@ export const DEFAULT_LIMITS: CaServerLimits = {
   requestTimeoutMs: 10_000,
   headersTimeoutMs: 5_000,
   maxConnections: 4096,
+  maxConnectionsPerClient: 64,
   perClientPerSecond: 50,
   perClientBurst: 100,
   // As short as a workload leaf: a root retirement waits for the last leaf the old root anchors,
@@ -136,6 +139,8 @@ export class CaServer {
   #admin?: HttpServer;
   /** Raw connections, including those still in the TLS handshake (node:http does not track those). */
   readonly #sockets = new Set<Socket>();
+  /** Open connections per client key; entries leave with their last connection, so it stays bounded. */
+  readonly #perClient = new Map<string, number>();
   #renewTimer?: NodeJS.Timeout;
   #closed = false;
   #credentials?: Credentials;
@@ -215,8 +220,21 @@ export class CaServer {
     );
     server.maxConnections = this.#limits.maxConnections;
     server.on('connection', (socket: Socket) => {
+      const client = clientKey(socket.remoteAddress ?? 'unknown');
+      const open = (this.#perClient.get(client) ?? 0) + 1;
+      if (open > this.#limits.maxConnectionsPerClient) {
+        this.#log.info({ client }, 'connection refused: too many open connections from this client');
+        socket.destroy();
+        return;
+      }
+      this.#perClient.set(client, open);
       this.#sockets.add(socket);
-      socket.once('close', () => this.#sockets.delete(socket));
+      socket.once('close', () => {
+        this.#sockets.delete(socket);
+        const left = (this.#perClient.get(client) ?? 1) - 1;
+        if (left > 0) this.#perClient.set(client, left);
+        else this.#perClient.delete(client);
+      });
     });
     // node:https passes TLS handshake failures ('tlsClientError') on to 'clientError' as well.
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.#clientError(err, socket));
@@ -317,7 +335,7 @@ export class CaServer {
     try {
       // Every request is rate-limited: by source address until the caller is authenticated (cheap
       // refusals included, so they cannot be repeated without bound), then by its SPIFFE ID.
-      if (route !== 'issue') this.#limit(`addr:${remote}`);
+      if (route !== 'issue') this.#limit(`addr:${clientKey(remote)}`);
       if (route === 'health') {
         const health = this.#o.ca.health();
         return this.#reply(res, route, health.ok ? 200 : 503, this.#health(health));
@@ -341,7 +359,7 @@ export class CaServer {
         try {
           caller = this.#authenticate(req);
         } catch (err) {
-          this.#limit(`addr:${remote}`);
+          this.#limit(`addr:${clientKey(remote)}`);
           throw err;
         }
         this.#limit(`id:${caller.toString()}`);
@@ -581,6 +599,21 @@ function parseTtl(v: unknown): number {
   const ms = typeof v === 'string' ? parseDuration(v) : undefined;
   if (ms === undefined) throw new WardError('WARD_CA_REQUEST_INVALID', 'field "ttl" must be a duration such as "1h"');
   return ms;
+}
+
+/**
+ * The unit a per-client limit counts: an IPv4 address, or an IPv6 /64 (one host usually holds a
+ * whole /64, so per-address buckets would let it multiply its allowance at will).
+ */
+export function clientKey(address: string): string {
+  const v4 = /^(?:::ffff:)?(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  if (v4) return v4[1];
+  if (isIP(address) !== 6) return address;
+  const [head, tail = ''] = address.split('%')[0].split('::');
+  const left = head ? head.split(':') : [];
+  const right = address.includes('::') && tail ? tail.split(':') : [];
+  const groups = [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
+  return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
 /** Admin endpoints are unauthenticated by design, so they may only ever face this machine. */

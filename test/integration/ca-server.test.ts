@@ -15,7 +15,7 @@ import { Agent, request as httpsRequest, type RequestOptions } from 'node:https'
 import { connect as tlsConnect, TLSSocket } from 'node:tls';
 import { promisify } from 'node:util';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
-import { CaServer, CertificateAuthority, assertLoopback, caServerId, type CaServerLimits } from '../../ca/index.js';
+import { CaServer, CertificateAuthority, assertLoopback, caServerId, clientKey, type CaServerLimits } from '../../ca/index.js';
 // Not public: the test reads the issuing key to mint a hostile, validly chained client certificate.
 import { keyPath } from '../../ca/store.js';
 import { ERROR_CODES, isWardError, type WardErrorCode } from '../../core/errors.js';
@@ -356,6 +356,49 @@ describe('issuance with a node certificate', () => {
     expect(String(logged[0].err)).toContain('source of truth unreachable');
     // Node renewal asks the authorizer's other question, which still answers: renewal works.
     await verifyIssued(h, await h.call('POST', '/v1/issue', { body: { csr: csr() }, creds: node }), node.id);
+  });
+});
+
+describe('per-client bounds', () => {
+  it('counts IPv4 addresses singly and IPv6 by /64', () => {
+    expect(clientKey('127.0.0.1')).toBe('127.0.0.1');
+    expect(clientKey('::ffff:10.1.2.3')).toBe('10.1.2.3');
+    expect(clientKey('2001:db8:0:1::5')).toBe('2001:db8:0:1::/64');
+    expect(clientKey('2001:DB8:0:1:ffff:1:2:3')).toBe('2001:db8:0:1::/64');
+    expect(clientKey('2001:db8::1')).toBe('2001:db8:0:0::/64');
+    expect(clientKey('::1')).toBe('0:0:0:0::/64');
+    expect(clientKey('fe80::1%eth0')).toBe('fe80:0:0:0::/64');
+  });
+
+  it('refuses connections past the per-client cap while other clients still connect', async () => {
+    const h = await startCa({ limits: { maxConnectionsPerClient: 2 } });
+    const open = (localAddress: string) => {
+      const tcp = netConnect({ host: '127.0.0.1', port: h.port, localAddress });
+      const s = tlsConnect({ socket: tcp, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+      onTestFinished(() => void s.destroy());
+      s.on('error', () => undefined);
+      return s;
+    };
+    // Settles on the first of handshake done / connection gone (an 'error' always precedes 'close').
+    const outcome = (s: TLSSocket) =>
+      new Promise<'connected' | 'closed'>((resolve) => {
+        s.once('secureConnect', () => resolve('connected'));
+        s.once('close', () => resolve('closed'));
+      });
+    const a1 = open('127.0.0.6');
+    expect(await outcome(a1)).toBe('connected');
+    const a2 = open('127.0.0.6');
+    expect(await outcome(a2)).toBe('connected');
+    expect(await outcome(open('127.0.0.6'))).toBe('closed');
+    expect(await outcome(open('127.0.0.7'))).toBe('connected');
+    // A slot frees when a connection closes.
+    a1.destroy();
+    await vi.waitFor(async () => {
+      const again = open('127.0.0.6');
+      const r = await outcome(again);
+      again.destroy();
+      expect(r).toBe('connected');
+    }, { timeout: 5_000, interval: 50 });
   });
 });
 
