@@ -48,3 +48,7 @@ export type { ConfigIssue } from './ward-yaml.js';
 export { LocalFileSource } from './local-source.js';
 export type { LocalFileSourceEvents, LocalFileSourceOptions, LocalFileSourceStatus } from './local-source.js';
 export { EXAMPLE_WARD_YAML } from './example.js';
+export { MeshState, endpointsKey, DEFAULT_GRACE_MS, DEFAULT_HISTORY_LIMIT, DEFAULT_HISTORY_MAX_IDS, DEFAULT_INBOUND_PORT } from './push/state.js';
+export type { Delta, MeshStateOptions, View } from './push/state.js';
+export { DiscoveryServer, DEFAULT_DISCOVERY_LIMITS, INGRESS_PATH } from './push/server.js';
+export type { ClientStatus, DiscoveryServerLimits, DiscoveryServerOptions } from './push/server.js';
