@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { appendFile, chmod, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,7 +14,7 @@ import { createIntermediate, createRoot, LeafSigner, parseCertificate, parseCert
 import { createCsr } from '../core/pki/csr.js';
 import { PrivateKey } from '../core/pki/keys.js';
 import { verifySvid } from '../core/pki/verify.js';
-import { CertificateAuthority, type InitOptions, type OpenOptions } from './authority.js';
+import { CertificateAuthority, type InitOptions, type IssuedEvent, type OpenOptions } from './authority.js';
 
 const run = promisify(execFile);
 const TD = 'example.org';
@@ -653,6 +654,39 @@ describe('metrics and logs', () => {
       ['WARD_CA_LIFETIME_INVALID', 30],
     ]);
     expect(e.logs.lines.join('')).not.toMatch(/PRIVATE KEY|BEGIN CERTIFICATE REQUEST/);
+  });
+});
+
+describe('onIssued', () => {
+  it('reports each issuance once its records are durable, never a refusal', async () => {
+    const { ca, e } = await newCa();
+    const seen: { event: IssuedEvent; inventory: string }[] = [];
+    ca.onIssued((event) => seen.push({ event, inventory: readFileSync(join(e.dir, 'inventory.jsonl'), 'utf8') }));
+    const r = await ca.issue({ csr: csrFor(), identity: CART, requester: NODE });
+    expect(seen).toHaveLength(1);
+    const { event, inventory } = seen[0];
+    expect(event.id.toString()).toBe(CART.toString());
+    expect(event).toMatchObject({ requester: NODE, serialHex: r.serialHex, notAfter: r.notAfter });
+    // Called after the durable append: the record is already in the file.
+    expect(inventory).toContain(r.serialHex);
+    // A refusal (foreign trust domain) is not an issuance.
+    await errorOf(ca.issue({ csr: csrFor(), identity: 'spiffe://other.org/ns/a/sa/b', requester: NODE }));
+    expect(seen).toHaveLength(1);
+  });
+
+  it('logs a throwing listener and still issues; unsubscribe stops the calls', async () => {
+    const { ca, e } = await newCa();
+    const calls: string[] = [];
+    ca.onIssued(() => {
+      throw new Error('listener failed');
+    });
+    const off = ca.onIssued((ev) => calls.push(ev.serialHex));
+    const r = await ca.issue({ csr: csrFor(), identity: CART, requester: NODE });
+    expect(calls).toEqual([r.serialHex]);
+    expect(e.logs.records().some((l) => l.msg === 'issuance listener threw')).toBe(true);
+    off();
+    await ca.issue({ csr: csrFor(), identity: CART, requester: NODE });
+    expect(calls).toHaveLength(1);
   });
 });
 

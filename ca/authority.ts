@@ -143,6 +143,15 @@ export interface OpenRecovery {
   orphansRemoved: string[];
 }
 
+/** One issuance, reported to onIssued() listeners once its records are durable. */
+export interface IssuedEvent {
+  id: SpiffeId;
+  /** Who asked (the authenticated caller). */
+  requester: string;
+  serialHex: string;
+  notAfter: Date;
+}
+
 export interface CaChange {
   bundle: TrustBundle;
   bundleSequence: number;
@@ -214,6 +223,7 @@ export class CertificateAuthority {
   readonly #roots = new Map<string, RootMaterial>();
   readonly #issuers = new Map<string, IssuerMaterial>();
   readonly #listeners = new Set<(change: CaChange) => void>();
+  readonly #issuedListeners = new Set<(r: IssuedEvent) => void>();
   #state: CaStateFile;
   #active!: ActiveIssuer;
   #bundle!: TrustBundle;
@@ -559,6 +569,15 @@ export class CertificateAuthority {
   }
 
   /**
+   * Called after each issuance whose records are durable (so never for a certificate that was not
+   * returned). A throwing listener is logged and never affects the issuance. Returns an unsubscribe.
+   */
+  onIssued(listener: (r: IssuedEvent) => void): () => void {
+    this.#issuedListeners.add(listener);
+    return () => this.#issuedListeners.delete(listener);
+  }
+
+  /**
    * Whether the CA can issue: its durable logs accept records and its active issuer is valid now.
    * Health endpoints report this, so an orchestrator restarts a CA that can only refuse.
    */
@@ -667,6 +686,16 @@ export class CertificateAuthority {
     if (this.#log.isLevelEnabled('debug')) {
       this.#log.debug({ serial, identity, requester, notAfter: leaf.notAfter.toISOString(), issuer: active.fingerprint }, 'certificate issued');
     }
+    if (this.#issuedListeners.size > 0) {
+      const event: IssuedEvent = { id, requester, serialHex: serial, notAfter: leaf.notAfter };
+      for (const l of [...this.#issuedListeners]) {
+        try {
+          l(event);
+        } catch (err) {
+          this.#log.error({ err, serial, identity }, 'issuance listener threw');
+        }
+      }
+    }
     const certPem = leaf.pem();
     return {
       certPem,
@@ -724,6 +753,7 @@ export class CertificateAuthority {
       await Promise.all([this.inventory.close(), this.audit.close()]);
       await this.#lock?.release();
       this.#listeners.clear();
+      this.#issuedListeners.clear();
       this.#log.info('CA closed');
     })();
     return this.#closing;

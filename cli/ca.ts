@@ -192,7 +192,7 @@ const BYO_OPTIONS = {
   chain: { type: 'string' },
 } as const;
 
-function hostPort(text: string, what: string): { host: string; port: number } {
+export function hostPort(text: string, what: string): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(text);
   const port = m ? Number(m[3]) : NaN;
   if (!m || port > 65535) throw new WardError('WARD_USAGE', `${what} wants HOST:PORT, got "${text}"`);
@@ -286,7 +286,7 @@ function renderReport(r: CaReport, now: number, warnWithinMs: number): string {
 }
 
 /** describeAuthority for `--latest` 0..1000 (the inventory and audit queries take 1..1000). */
-async function reportOf(ca: CertificateAuthority, now: number, latest: number): Promise<CaReport> {
+export async function reportOf(ca: CertificateAuthority, now: number, latest: number): Promise<CaReport> {
   const r = await describeAuthority(ca, now, Math.max(1, latest));
   return latest === 0 ? { ...r, latestIssued: [], latestRefused: [] } : r;
 }
@@ -702,15 +702,15 @@ Example:
   },
 };
 
-const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
 /** IPv6 literals need brackets in a URL. */
-function hostText(host: string): string {
+export function hostText(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
 /** A listen failure (address in use, not permitted, not local) in the operator's terms. */
-function listenError(err: unknown): unknown {
+export function listenError(err: unknown): unknown {
   const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
   const why: Record<string, string> = {
     EADDRINUSE: 'the address is already in use',

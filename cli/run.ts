@@ -3,11 +3,13 @@ import { EXIT_PROBLEM, EXIT_USAGE, EXIT_OK, closest, parseCommandArgs, type CliI
 import { caCommands } from './ca.js';
 import { caHistoryCommands } from './ca-history.js';
 import { certCommands } from './cert.js';
+import { controlCommands } from './control.js';
+import { statusCommands } from './status.js';
 import { tokenCommands } from './token.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands];
+const COMMANDS: Command[] = [...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...statusCommands];
 
 const VERSION = '0.1.0';
 

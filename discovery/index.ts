@@ -46,9 +46,22 @@ export {
 } from './ward-yaml.js';
 export type { ConfigIssue } from './ward-yaml.js';
 export { LocalFileSource } from './local-source.js';
+export { modelAuthorizer } from './authorizer.js';
+export type { ModelAuthorizer } from './authorizer.js';
 export type { LocalFileSourceEvents, LocalFileSourceOptions, LocalFileSourceStatus } from './local-source.js';
 export { EXAMPLE_WARD_YAML } from './example.js';
 export { MeshState, endpointsKey, DEFAULT_GRACE_MS, DEFAULT_HISTORY_LIMIT, DEFAULT_HISTORY_MAX_IDS, DEFAULT_INBOUND_PORT } from './push/state.js';
 export type { Delta, MeshStateOptions, View } from './push/state.js';
 export { DiscoveryServer, DEFAULT_DISCOVERY_LIMITS, INGRESS_PATH } from './push/server.js';
 export type { ClientStatus, DiscoveryServerLimits, DiscoveryServerOptions } from './push/server.js';
+export { HealthAggregator, parseHealthReport, DEFAULT_HEALTH_RETAIN_MS, DEFAULT_HEALTH_STALE_MS } from './push/health.js';
+export type {
+  ClientMeshStatus,
+  HealthAggregatorOptions,
+  HealthVerdict,
+  MeshStatus,
+  NodeMeshStatus,
+  ServiceMeshStatus,
+  StreamClientInfo,
+  WorkloadMeshStatus,
+} from './push/health.js';

@@ -146,3 +146,52 @@ export function applyFrame(state: ViewState | undefined, f: Frame): ViewState {
   for (const r of f.upserts) next.set(resourceId(r), r);
   return { version: f.version, resources: next };
 }
+
+// ---- health reports -------------------------------------------------------------------------
+//
+//   POST /v1/health                    body HealthReport (application/json, at most
+//                                      MAX_HEALTH_REPORT_BYTES); answered 204. Same authentication
+//                                      as the stream (a node proxy of a declared node, or the
+//                                      ingress). Each report replaces the client's previous one.
+//                                      A report naming a workload (or a certificate identity) not
+//                                      declared on the sender's node is refused whole: 403.
+//                                      Malformed: 400; too large: 413.
+
+/** Largest health report body the pool accepts. */
+export const MAX_HEALTH_REPORT_BYTES = 256 * 1024;
+
+/** An endpoint the reporting proxy has ejected (outlier detection): it stops sending it traffic. */
+export interface EjectedEndpoint {
+  /** The endpoint's "ip:port" (Endpoint.address). */
+  address: string;
+  /** The endpoints key, "service.namespace". */
+  service: string;
+  /** The endpoint's workload ("namespace/name") when the proxy knows it (Endpoint.workload). */
+  workload?: string;
+  /** RFC 3339 time the ejection ends; absent: until further notice. */
+  until?: string;
+}
+
+/** A workload on the reporting proxy's own node, as that proxy sees it. */
+export interface LocalWorkloadHealth {
+  /** "namespace/name"; must be declared on the reporting node. */
+  workload: string;
+  healthy: boolean;
+  reason?: string;
+}
+
+/** A certificate the reporting proxy holds (its own node SVID, or a workload SVID of its node). */
+export interface HeldCertificate {
+  /** SPIFFE ID in the certificate. */
+  identity: string;
+  /** RFC 3339. */
+  notAfter: string;
+}
+
+export interface HealthReport {
+  /** The reporting node's name; when present it must be the node in the client certificate. */
+  node?: string;
+  ejected: EjectedEndpoint[];
+  localWorkloads: LocalWorkloadHealth[];
+  certificates: HeldCertificate[];
+}

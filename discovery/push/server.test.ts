@@ -159,6 +159,30 @@ async function ack(port: number, creds: Credentials, body: unknown): Promise<num
   });
 }
 
+/** POSTs a raw body (or JSON) to a route; resolves with the status and the response body. */
+async function post(port: number, creds: Credentials, path: string, body: unknown, o: { chunked?: boolean } = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const text = typeof body === 'string' ? body : JSON.stringify(body);
+    const req = request({
+      host: '127.0.0.1',
+      port,
+      path,
+      method: 'POST',
+      agent: false,
+      headers: { 'content-type': 'application/json', ...(o.chunked ? {} : { 'content-length': Buffer.byteLength(text) }) },
+      ...meshClientOptions({ bundle: PKI.bundle, expectedId: SERVER_ID, creds }),
+    });
+    req.on('error', reject);
+    req.on('response', (res) => {
+      let data = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (data += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: data }));
+    });
+    req.end(text);
+  });
+}
+
 async function metric(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
   const m = (await registry.getSingleMetric(name)?.get())?.values ?? [];
   return m.filter((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x)).reduce((a, v) => a + v.value, 0);
@@ -352,5 +376,48 @@ describe('DiscoveryServer', () => {
     expect(server.status().clients.map((c) => c.node)).toEqual(['node-a']);
     await Promise.all([server.close(), server.close()]);
     await vi.waitFor(() => expect(a.ended || a.error !== undefined).toBe(true), WAIT);
+  });
+  it('POST /v1/health: a node\'s report is accepted and shows in meshStatus(); another node\'s workload is refused (403) and counted', async () => {
+    const { state, port, server, registry } = await setup();
+    const creds = node('node-a');
+    const a = new StreamClient(port, creds);
+    await synced(a, state);
+    expect((await ack(port, creds, { version: state.version, ok: true }))).toBe(204);
+    const notAfter = new Date(Date.now() + 3_600_000).toISOString();
+    const report = {
+      node: 'node-a',
+      ejected: [{ address: '127.0.10.2:15008', service: 'api.shop', workload: 'shop/api-2' }],
+      localWorkloads: [{ workload: 'shop/web-1', healthy: true }, { workload: 'shop/api-1', healthy: true }],
+      certificates: [{ identity: 'spiffe://cluster.local/ward/node/node-a', notAfter }, { identity: WEB, notAfter }, { identity: API, notAfter }],
+    };
+    expect((await post(port, creds, '/v1/health', report)).status).toBe(204);
+    const s = server.meshStatus();
+    expect(s.version).toBe(state.version);
+    expect(s.clients).toMatchObject([{ identity: 'spiffe://cluster.local/ward/node/node-a', node: 'node-a', connected: true, ackedVersion: state.version }]);
+    expect(s.nodes.map((n) => [n.name, n.connected, n.soonestExpiry])).toEqual([['node-a', true, notAfter], ['node-b', false, undefined]]);
+    expect(s.workloads.find((w) => w.name === 'web-1')).toMatchObject({ healthy: true, certificateNotAfter: notAfter });
+    expect(s.services.find((x) => x.name === 'api')!.endpoints).toEqual({ total: 2, healthy: 1, ejected: 1 });
+
+    // node-a speaking for node-b's workload: refused whole, nothing of it kept.
+    const foreign = await post(port, creds, '/v1/health', { ...report, localWorkloads: [{ workload: 'shop/web-2', healthy: false }] });
+    expect(foreign.status).toBe(403);
+    expect(JSON.parse(foreign.body).error.message).toContain('shop/web-2');
+    expect(await metric(registry, 'ward_discovery_refused_total', { reason: 'foreign-workload' })).toBe(1);
+    expect(server.meshStatus().workloads.find((w) => w.name === 'web-2')!.healthy).toBeUndefined();
+    expect(server.meshStatus().workloads.find((w) => w.name === 'web-1')!.healthy).toBe(true);
+    // Not a discovery client at all: 403 before the body is read.
+    expect((await post(port, PKI.creds(SpiffeId.workload(TD, 'shop', 'web')), '/v1/health', report)).status).toBe(403);
+  });
+
+  it('POST /v1/health: malformed bodies get 400, oversized ones 413', async () => {
+    const { port } = await setup();
+    const creds = node('node-b');
+    expect((await post(port, creds, '/v1/health', '{not json')).status).toBe(400);
+    expect((await post(port, creds, '/v1/health', { ejected: [], localWorkloads: 'x', certificates: [] })).status).toBe(400);
+    const big = { ejected: [], localWorkloads: [{ workload: 'shop/web-2', healthy: false, reason: 'x'.repeat(300 * 1024) }], certificates: [] };
+    expect((await post(port, creds, '/v1/health', big)).status).toBe(413);
+    // Without a content-length (chunked), the body is cut off once it passes the limit.
+    expect((await post(port, creds, '/v1/health', JSON.stringify(big), { chunked: true })).status).toBe(413);
+    expect((await post(port, creds, '/v1/health', { ejected: [], localWorkloads: [{ workload: 'shop/web-2', healthy: true }], certificates: [] })).status).toBe(204);
   });
 });

@@ -7,6 +7,12 @@
  * peerIdentity(); only node proxies of nodes declared in the model and the ingress
  * (spiffe://TD/ns/ward-system/sa/ward-ingress) are served, anyone else gets 403 (logged, counted).
  *
+ * Health. POST /v1/health (same authentication) hands the client's HealthReport to the
+ * HealthAggregator (health.ts): a report speaking for a workload or certificate not declared on the
+ * sender's node is refused whole with 403, logged at warn and counted
+ * ward_discovery_refused_total{reason="foreign-workload"}. meshStatus() joins the aggregate with the
+ * streams' status for the admin endpoint.
+ *
  * Slow clients. Frames are never queued per client. A session remembers the version it last sent
  * (what the client holds); when the socket refuses more (write() === false) the session waits for
  * 'drain' and then sends ONE delta coalesced from that version to the current one (or a snapshot
@@ -26,15 +32,18 @@ import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/logger.js';
 import { SpiffeId } from '../../core/identity/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../../core/tls/index.js';
-import { DISCOVERY_PROTOCOL, DISCOVERY_SERVER_PATH, HEARTBEAT_MS, type Frame } from '../../core/protocol/index.js';
+import { DISCOVERY_PROTOCOL, DISCOVERY_SERVER_PATH, HEARTBEAT_MS, MAX_HEALTH_REPORT_BYTES, type Frame } from '../../core/protocol/index.js';
 import { isNodeMember } from '../model.js';
 import type { MeshState, View } from './state.js';
+import { HealthAggregator, type MeshStatus } from './health.js';
 
 /** The ingress's identity path under the trust domain. */
 export const INGRESS_PATH = '/ns/ward-system/sa/ward-ingress';
 
 export interface DiscoveryServerLimits {
   maxAckBytes: number;
+  /** Largest POST /v1/health body (413 beyond). */
+  maxHealthBytes: number;
   maxHeaderBytes: number;
   headersTimeoutMs: number;
   requestTimeoutMs: number;
@@ -47,6 +56,7 @@ export interface DiscoveryServerLimits {
 
 export const DEFAULT_DISCOVERY_LIMITS: DiscoveryServerLimits = {
   maxAckBytes: 16 * 1024,
+  maxHealthBytes: MAX_HEALTH_REPORT_BYTES,
   maxHeaderBytes: 16 * 1024,
   headersTimeoutMs: 5_000,
   requestTimeoutMs: 10_000,
@@ -62,6 +72,8 @@ export interface DiscoveryServerOptions {
   logger: Logger;
   registry: Registry;
   limits?: Partial<DiscoveryServerLimits>;
+  /** Health report freshness (see health.ts): defaults 60 s stale, 10 min retained. */
+  health?: { staleAfterMs?: number; retainMs?: number };
 }
 
 export interface ClientStatus {
@@ -101,7 +113,7 @@ interface AckRecord {
   nacks: number;
 }
 
-type Refusal = 'no_certificate' | 'bad_certificate' | 'forbidden' | 'tls';
+type Refusal = 'no_certificate' | 'bad_certificate' | 'forbidden' | 'tls' | 'foreign-workload';
 
 export class DiscoveryServer {
   readonly #o: DiscoveryServerOptions;
@@ -120,6 +132,7 @@ export class DiscoveryServer {
   readonly #nacks: Counter;
   readonly #refused: Counter<'reason'>;
   readonly #versionGauge: Gauge;
+  readonly #health: HealthAggregator;
 
   constructor(o: DiscoveryServerOptions) {
     this.#o = o;
@@ -133,6 +146,7 @@ export class DiscoveryServer {
     this.#refused = new Counter({ name: 'ward_discovery_refused_total', help: 'Discovery requests or connections refused, by reason.', labelNames: ['reason'], registers });
     this.#versionGauge = new Gauge({ name: 'ward_discovery_version', help: 'Current mesh-wide discovery version.', registers });
     this.#versionGauge.set(o.state.version);
+    this.#health = new HealthAggregator({ clock: o.clock, registry: o.registry, ...o.health });
   }
 
   /** The SPIFFE ID the discovery server presents; clients pin it (secure naming). */
@@ -213,6 +227,14 @@ export class DiscoveryServer {
     return { version: this.#o.state.version, clients };
   }
 
+  /**
+   * The mesh status for the admin endpoint: connected clients and their ACKed versions, nodes
+   * with the certificates their proxies hold, services' endpoints by health, workloads.
+   */
+  meshStatus(): MeshStatus {
+    return this.#health.meshStatus(this.#o.state.model, this.status());
+  }
+
   /** Ends every stream and stops listening. Idempotent. */
   close(): Promise<void> {
     if (this.#closing) return this.#closing;
@@ -243,6 +265,7 @@ export class DiscoveryServer {
     try {
       if (req.method === 'GET' && path === '/v1/stream') return this.#stream(req, res, remote);
       if (req.method === 'POST' && path === '/v1/ack') return void this.#ack(req, res, remote).catch((err) => this.#fail(res, 500, 'internal', err));
+      if (req.method === 'POST' && path === '/v1/health') return void this.#healthReport(req, res, remote).catch((err) => this.#fail(res, 500, 'internal', err));
       req.resume();
       return this.#reply(res, 404, 'not_found', 'no such route');
     } catch (err) {
@@ -328,6 +351,35 @@ export class DiscoveryServer {
       this.#nacks.inc();
       this.#log.warn({ identity: key, version, error: String(a.error).slice(0, 1024) }, 'discovery version rejected (NACK)');
     }
+    res.writeHead(204);
+    res.end();
+  }
+
+  async #healthReport(req: IncomingMessage, res: ServerResponse, remote: string): Promise<void> {
+    const who = this.#authorize(req, res, remote);
+    if (!who) return;
+    const max = this.#limits.maxHealthBytes;
+    let body: unknown;
+    try {
+      const declared = Number(req.headers['content-length'] ?? '0');
+      if (declared > max) throw new BodyTooLarge(max);
+      body = JSON.parse(await readBody(req, max));
+    } catch (err) {
+      res.setHeader('connection', 'close');
+      req.resume();
+      if (err instanceof BodyTooLarge) return this.#reply(res, 413, 'too_large', err.message);
+      return this.#reply(res, 400, 'invalid', `health report is not valid JSON: ${(err as Error).message}`);
+    }
+    const key = who.id.toString();
+    const node = who.view.kind === 'node' ? who.view.node : undefined;
+    const verdict = this.#health.receive({ identity: key, ...(node !== undefined ? { node } : {}) }, body, this.#o.state.model);
+    if (verdict.status === 403) {
+      this.#refused.inc({ reason: verdict.reason satisfies Refusal });
+      this.#log.warn({ identity: key, remote, reason: verdict.reason, detail: verdict.message }, 'health report refused: it speaks for something outside the client\'s node');
+      return this.#reply(res, 403, 'forbidden', verdict.message);
+    }
+    if (verdict.status === 400) return this.#reply(res, 400, 'invalid', verdict.message);
+    this.#log.debug({ identity: key }, 'health report accepted');
     res.writeHead(204);
     res.end();
   }
@@ -436,6 +488,12 @@ export class DiscoveryServer {
   }
 }
 
+class BodyTooLarge extends Error {
+  constructor(max: number) {
+    super(`body exceeds ${max} bytes`);
+  }
+}
+
 /** Reads at most `max` bytes of a request body (listeners, not for-await: see ca/server.ts). */
 function readBody(req: IncomingMessage, max: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -450,7 +508,7 @@ function readBody(req: IncomingMessage, max: number): Promise<string> {
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > max) done(new Error(`body exceeds ${max} bytes`));
+      if (size > max) done(new BodyTooLarge(max));
       else chunks.push(chunk);
     };
     const onEnd = () => done();
