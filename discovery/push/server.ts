@@ -169,6 +169,9 @@ export class DiscoveryServer {
         // Applies to receiving the request only: a stream's long response is not cut off by it.
         requestTimeout: this.#limits.requestTimeoutMs,
         connectionsCheckingInterval: Math.max(50, Math.min(1_000, this.#limits.headersTimeoutMs / 4)),
+        // Slow-loris before any HTTP: a handshake must finish in time. (A timer on the raw socket
+        // would outlive the handshake — the TLS socket is another object — and kill idle streams.)
+        handshakeTimeout: this.#limits.headersTimeoutMs,
       },
       (req, res) => this.#handle(req, res),
     );
@@ -176,10 +179,7 @@ export class DiscoveryServer {
     server.on('connection', (s: Socket) => {
       this.#sockets.add(s);
       s.once('close', () => this.#sockets.delete(s));
-      // Handshake deadline (slow-loris before any HTTP): cleared once TLS is up.
-      s.setTimeout(this.#limits.headersTimeoutMs, () => s.destroy());
     });
-    server.on('secureConnection', (s: TLSSocket) => s.setTimeout(0));
     server.on('tlsClientError', (err: NodeJS.ErrnoException, s: TLSSocket) => {
       // Without a certificate, or with one the bundle does not anchor, OpenSSL refuses the handshake.
       this.#refused.inc({ reason: 'tls' satisfies Refusal });
