@@ -91,6 +91,8 @@ export interface ClientStatus {
   bufferedBytes: number;
 }
 
+const WRITE_CHUNK = 64 * 1024;
+
 /** One open stream. Holds only numbers and the response: never a queue of frames. */
 interface Session {
   readonly id: SpiffeId;
@@ -98,6 +100,13 @@ interface Session {
   readonly res: ServerResponse;
   /** Version of the last frame written (the delta base for the next); undefined before the first. */
   sent: number | undefined;
+  /**
+   * The unsent remainder of the frame being written, handed to the socket WRITE_CHUNK bytes at a
+   * time (waiting for 'drain' in between): one big write would grow the connection's TLS buffers to
+   * the frame's size and keep them that size for the life of the stream (a snapshot of a large mesh
+   * is megabytes, times every client). At most one frame, so still no queue.
+   */
+  rest?: Buffer;
   /** Versions up to this one were found empty for this view since `sent` (saves recomputation). */
   checked: number;
   /** Asked-for resume version, used for the first frame only. */
@@ -307,14 +316,14 @@ export class DiscoveryServer {
     const resume = Number.isSafeInteger(r) && r > 0 ? r : 0;
     res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store', 'x-ward-protocol': DISCOVERY_PROTOCOL });
     res.flushHeaders();
-    const session: Session = { id: who.id, view: who.view, res, sent: undefined, checked: 0, resume, stalled: false, lastWriteAt: this.#o.clock.now(), ended: false };
+    const session: Session = { id: who.id, view: who.view, res, sent: undefined, rest: undefined, checked: 0, resume, stalled: false, lastWriteAt: this.#o.clock.now(), ended: false };
     this.#sessions.add(session);
     this.#connected.set(this.#sessions.size);
     const key = who.id.toString();
     if (!this.#acks.has(key)) this.#acks.set(key, { acked: 0, nacks: 0 });
     res.on('drain', () => {
       session.stalled = false;
-      this.#push(session);
+      if (this.#writeRest(session)) this.#push(session);
     });
     res.on('close', () => this.#closed(session));
     this.#log.info({ identity: key, remote, resume }, 'discovery client connected');
@@ -438,11 +447,26 @@ export class DiscoveryServer {
   }
 
   #write(s: Session, frame: Frame, type: Frame['type']): void {
-    const ok = s.res.write(JSON.stringify(frame) + '\n');
+    s.rest = Buffer.from(JSON.stringify(frame) + '\n', 'utf8');
     s.lastWriteAt = this.#o.clock.now();
     this.#pushes.inc({ type });
-    // The socket holds this frame; nothing more is written until 'drain', when #push coalesces.
-    if (!ok) s.stalled = true;
+    this.#writeRest(s);
+  }
+
+  /**
+   * Hands the frame's remainder to the socket until it is all written (true) or the socket is full
+   * (false: 'drain' resumes here; nothing else is written meanwhile, and #push then coalesces).
+   */
+  #writeRest(s: Session): boolean {
+    while (s.rest && !s.ended) {
+      const chunk = s.rest.length > WRITE_CHUNK ? s.rest.subarray(0, WRITE_CHUNK) : s.rest;
+      s.rest = s.rest.length > WRITE_CHUNK ? s.rest.subarray(WRITE_CHUNK) : undefined;
+      if (!s.res.write(chunk)) {
+        s.stalled = true;
+        return false;
+      }
+    }
+    return !s.ended;
   }
 
   #heartbeatTick(): void {
