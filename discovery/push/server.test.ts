@@ -362,6 +362,19 @@ describe('DiscoveryServer', () => {
     expect(a.frames.at(-1)).toEqual({ type: 'heartbeat', version: state.version });
   });
 
+  it('ends a stream whose client certificate expires while it is open (OpenSSL checked it at the handshake only)', async () => {
+    const { state, port, server, clock } = await setup();
+    const a = new StreamClient(port, node('node-a'));
+    await synced(a, state);
+    clock.advance(3_500_000); // still valid: the leaves live one hour
+    server.heartbeat();
+    expect(server.status().clients).toHaveLength(1);
+    clock.advance(200_000); // past NotAfter
+    server.heartbeat();
+    await vi.waitFor(() => expect(a.ended).toBe(true), WAIT);
+    expect(server.status().clients).toHaveLength(0);
+  });
+
   it('ends the stream of a node removed from the model, and close() ends every stream (idempotent)', async () => {
     const { state, port, server } = await setup();
     const a = new StreamClient(port, node('node-a'));

@@ -107,6 +107,9 @@ interface Session {
    * is megabytes, times every client). At most one frame, so still no queue.
    */
   rest?: Buffer;
+  /** The client certificate's NotAfter (ms): OpenSSL checked it at the handshake only, so a stream
+   * outliving it is ended (the client reconnects with its renewed certificate). */
+  readonly certNotAfter: number;
   /** Versions up to this one were found empty for this view since `sent` (saves recomputation). */
   checked: number;
   /** Asked-for resume version, used for the first frame only. */
@@ -316,7 +319,8 @@ export class DiscoveryServer {
     const resume = Number.isSafeInteger(r) && r > 0 ? r : 0;
     res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store', 'x-ward-protocol': DISCOVERY_PROTOCOL });
     res.flushHeaders();
-    const session: Session = { id: who.id, view: who.view, res, sent: undefined, rest: undefined, checked: 0, resume, stalled: false, lastWriteAt: this.#o.clock.now(), ended: false };
+    const certNotAfter = Date.parse((req.socket as TLSSocket).getPeerCertificate(false).valid_to);
+    const session: Session = { id: who.id, view: who.view, res, sent: undefined, rest: undefined, certNotAfter, checked: 0, resume, stalled: false, lastWriteAt: this.#o.clock.now(), ended: false };
     this.#sessions.add(session);
     this.#connected.set(this.#sessions.size);
     const key = who.id.toString();
@@ -471,7 +475,12 @@ export class DiscoveryServer {
 
   #heartbeatTick(): void {
     const now = this.#o.clock.now();
-    for (const s of this.#sessions) {
+    for (const s of [...this.#sessions]) {
+      if (!s.ended && !(now <= s.certNotAfter)) {
+        this.#log.info({ identity: s.id.toString() }, 'client certificate expired during the stream; ending it');
+        this.#end(s);
+        continue;
+      }
       if (s.ended || s.stalled || s.sent === undefined) continue;
       if (now - s.lastWriteAt >= this.#limits.heartbeatMs) this.#write(s, { type: 'heartbeat', version: s.sent }, 'heartbeat');
     }
