@@ -39,6 +39,13 @@ export const ERROR_CODES = {
   WARD_CA_NOT_FOUND: 'no such API route',
   WARD_CA_INTERNAL: 'the CA failed unexpectedly; details are in its log',
   WARD_CA_UNREACHABLE: 'the CA server could not be reached or answered unexpectedly',
+  // discovery pool
+  WARD_DISCOVERY_UNAUTHENTICATED: 'a discovery client presented no valid certificate from this mesh',
+  WARD_DISCOVERY_FORBIDDEN: 'this identity may not use the discovery pool, or reported on a workload that is not on its node',
+  WARD_DISCOVERY_REQUEST_INVALID: 'a discovery request (ack, health report) is malformed',
+  WARD_DISCOVERY_REQUEST_TOO_LARGE: 'a discovery request body exceeds the size limit',
+  WARD_DISCOVERY_NOT_FOUND: 'no such discovery route',
+  WARD_DISCOVERY_INTERNAL: 'the discovery pool failed unexpectedly; details are in its log',
   // inspection
   WARD_INSPECT_CONNECT_FAILED: 'a TLS connection for inspection could not be made',
 } as const;

@@ -31,6 +31,7 @@ import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/logger.js';
 import { SpiffeId } from '../../core/identity/index.js';
+import type { WardErrorCode } from '../../core/errors.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../../core/tls/index.js';
 import { DISCOVERY_PROTOCOL, DISCOVERY_SERVER_PATH, HEARTBEAT_MS, MAX_HEALTH_REPORT_BYTES, type Frame } from '../../core/protocol/index.js';
 import { isNodeMember } from '../model.js';
@@ -276,12 +277,12 @@ export class DiscoveryServer {
     const remote = req.socket.remoteAddress ?? 'unknown';
     try {
       if (req.method === 'GET' && path === '/v1/stream') return this.#stream(req, res, remote);
-      if (req.method === 'POST' && path === '/v1/ack') return void this.#ack(req, res, remote).catch((err) => this.#fail(res, 500, 'internal', err));
-      if (req.method === 'POST' && path === '/v1/health') return void this.#healthReport(req, res, remote).catch((err) => this.#fail(res, 500, 'internal', err));
+      if (req.method === 'POST' && path === '/v1/ack') return void this.#ack(req, res, remote).catch((err) => this.#fail(res, 500, 'WARD_DISCOVERY_INTERNAL', err));
+      if (req.method === 'POST' && path === '/v1/health') return void this.#healthReport(req, res, remote).catch((err) => this.#fail(res, 500, 'WARD_DISCOVERY_INTERNAL', err));
       req.resume();
-      return this.#reply(res, 404, 'not_found', 'no such route');
+      return this.#reply(res, 404, 'WARD_DISCOVERY_NOT_FOUND', 'no such route');
     } catch (err) {
-      this.#fail(res, 500, 'internal', err);
+      this.#fail(res, 500, 'WARD_DISCOVERY_INTERNAL', err);
     }
   }
 
@@ -306,8 +307,8 @@ export class DiscoveryServer {
     this.#log.warn({ remote, identity: id?.toString(), reason }, 'discovery client refused');
     req.resume();
     res.setHeader('connection', 'close');
-    if (reason === 'forbidden') this.#reply(res, 403, 'forbidden', 'this identity may not use discovery');
-    else this.#reply(res, 401, 'unauthenticated', 'a valid client certificate is required');
+    if (reason === 'forbidden') this.#reply(res, 403, 'WARD_DISCOVERY_FORBIDDEN', 'this identity may not use discovery');
+    else this.#reply(res, 401, 'WARD_DISCOVERY_UNAUTHENTICATED', 'a valid client certificate is required');
     return undefined;
   }
 
@@ -347,11 +348,11 @@ export class DiscoveryServer {
     } catch (err) {
       res.setHeader('connection', 'close');
       req.resume();
-      return this.#reply(res, 400, 'invalid', `ack body is not valid: ${(err as Error).message}`);
+      return this.#reply(res, 400, 'WARD_DISCOVERY_REQUEST_INVALID', `ack body is not valid: ${(err as Error).message}`);
     }
     const a = body as { version?: unknown; ok?: unknown; error?: unknown };
     if (typeof a !== 'object' || a === null || !Number.isSafeInteger(a.version) || (a.version as number) < 0 || typeof a.ok !== 'boolean' || (!a.ok && typeof a.error !== 'string')) {
-      return this.#reply(res, 400, 'invalid', 'ack must be {version, ok, error?}');
+      return this.#reply(res, 400, 'WARD_DISCOVERY_REQUEST_INVALID', 'ack must be {version, ok, error?}');
     }
     const key = who.id.toString();
     const rec = this.#acks.get(key);
@@ -380,8 +381,8 @@ export class DiscoveryServer {
     } catch (err) {
       res.setHeader('connection', 'close');
       req.resume();
-      if (err instanceof BodyTooLarge) return this.#reply(res, 413, 'too_large', err.message);
-      return this.#reply(res, 400, 'invalid', `health report is not valid JSON: ${(err as Error).message}`);
+      if (err instanceof BodyTooLarge) return this.#reply(res, 413, 'WARD_DISCOVERY_REQUEST_TOO_LARGE', err.message);
+      return this.#reply(res, 400, 'WARD_DISCOVERY_REQUEST_INVALID', `health report is not valid JSON: ${(err as Error).message}`);
     }
     const key = who.id.toString();
     const node = who.view.kind === 'node' ? who.view.node : undefined;
@@ -389,9 +390,9 @@ export class DiscoveryServer {
     if (verdict.status === 403) {
       this.#refused.inc({ reason: verdict.reason satisfies Refusal });
       this.#log.warn({ identity: key, remote, reason: verdict.reason, detail: verdict.message }, 'health report refused: it speaks for something outside the client\'s node');
-      return this.#reply(res, 403, 'forbidden', verdict.message);
+      return this.#reply(res, 403, 'WARD_DISCOVERY_FORBIDDEN', verdict.message);
     }
-    if (verdict.status === 400) return this.#reply(res, 400, 'invalid', verdict.message);
+    if (verdict.status === 400) return this.#reply(res, 400, 'WARD_DISCOVERY_REQUEST_INVALID', verdict.message);
     this.#log.debug({ identity: key }, 'health report accepted');
     res.writeHead(204);
     res.end();
@@ -508,14 +509,14 @@ export class DiscoveryServer {
     this.#log.info({ identity: key }, 'discovery client disconnected');
   }
 
-  #reply(res: ServerResponse, status: number, code: string, message: string): void {
+  #reply(res: ServerResponse, status: number, code: WardErrorCode, message: string): void {
     if (res.headersSent) return void res.end();
     const text = JSON.stringify({ error: { code, message } }) + '\n';
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
     res.end(text);
   }
 
-  #fail(res: ServerResponse, status: number, code: string, err: unknown): void {
+  #fail(res: ServerResponse, status: number, code: WardErrorCode, err: unknown): void {
     this.#log.error({ err }, 'discovery request failed');
     this.#reply(res, status, code, 'internal error');
   }
