@@ -34,6 +34,7 @@ import { SpiffeId } from '../core/identity/index.js';
 import { PrivateKey, createCsr, type TrustBundle } from '../core/pki/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../core/tls/index.js';
 import { RateLimiter } from '../core/rate-limit.js';
+import { BodyTooLargeError, readBody } from '../core/http-body.js';
 import type { CertificateAuthority } from './authority.js';
 import { clip } from './audit.js';
 import type { JoinTokens } from './tokens.js';
@@ -461,7 +462,13 @@ export class CaServer {
     if (!/^application\/json\b/.test(req.headers['content-type'] ?? '')) {
       throw new WardError('WARD_CA_REQUEST_INVALID', 'content-type must be application/json');
     }
-    const text = await readBody(req, max);
+    let text: string;
+    try {
+      text = await readBody(req, max);
+    } catch (err) {
+      if (err instanceof BodyTooLargeError) throw new WardError('WARD_CA_REQUEST_TOO_LARGE', err.message, { cause: err });
+      throw new WardError('WARD_CA_REQUEST_INVALID', (err as Error).message, { cause: err });
+    }
     let body: unknown;
     try {
       body = JSON.parse(text);
@@ -620,38 +627,6 @@ export function clientKey(address: string): string {
 export function assertLoopback(host: string): void {
   const ok = host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
   if (!ok) throw new WardError('WARD_CONFIG_INVALID', `admin listener must bind a loopback address, not ${host}`);
-}
-
-/**
- * Reads a request body of at most `max` bytes as UTF-8 text. Refuses (WARD_CA_REQUEST_TOO_LARGE) as
- * soon as the limit is passed, without waiting for the rest; the caller answers and closes.
- * Listeners rather than `for await`: leaving an async iterator early destroys the request, and with
- * it the socket, before the refusal could be sent.
- */
-function readBody(req: IncomingMessage, max: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = (err?: WardError) => {
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('close', onClose);
-      if (err) reject(err);
-      else resolve(Buffer.concat(chunks).toString('utf8'));
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > max) done(new WardError('WARD_CA_REQUEST_TOO_LARGE', `body exceeds ${max} bytes`));
-      else chunks.push(chunk);
-    };
-    const onEnd = () => done();
-    // 'close' before 'end': the client went away or a deadline cut the request off.
-    const onClose = () => done(new WardError('WARD_CA_REQUEST_INVALID', 'the request body ended before it was complete'));
-    if (req.destroyed) return onClose();
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('close', onClose);
-  });
 }
 
 async function closeServer(server: HttpServer | HttpsServer, graceMs: number, sockets: Set<Socket>): Promise<void> {

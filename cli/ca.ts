@@ -651,14 +651,8 @@ Example:
     const stateDir = required(args, 'state');
     // Every flag is checked before anything is created, opened or bound.
     const listen = hostPort(String(args.values.listen), '--listen');
-    const admin = hostPort(String(args.values.admin), '--admin');
-    try {
-      assertLoopback(admin.host);
-    } catch {
-      throw new WardError('WARD_USAGE', `--admin must be a loopback address (127.0.0.1, ::1, localhost): the admin API is unauthenticated; got "${admin.host}"`);
-    }
-    const level = String(args.values['log-level']);
-    if (!LOG_LEVELS.includes(level)) throw new WardError('WARD_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
+    const admin = adminAddressArg(args);
+    const level = logLevelArg(args);
     const allow = args.values.allow as string[];
     const trustDomain = flag(args, 'init') ? trustDomainArg(args) : undefined;
     if (trustDomain !== undefined && !(await readState(stateDir))) {
@@ -702,7 +696,26 @@ Example:
   },
 };
 
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
+
+/** --admin HOST:PORT, which must be loopback: the admin API's read routes are unauthenticated. */
+export function adminAddressArg(args: ParsedArgs): { host: string; port: number } {
+  const admin = hostPort(String(args.values.admin), '--admin');
+  try {
+    assertLoopback(admin.host);
+  } catch {
+    throw new WardError('WARD_USAGE', `--admin must be a loopback address (127.0.0.1, ::1, localhost): the admin API is unauthenticated; got "${admin.host}"`);
+  }
+  return admin;
+}
+
+/** --log-level, one of pino's levels. */
+export function logLevelArg(args: ParsedArgs): string {
+  const level = String(args.values['log-level']);
+  if (!LOG_LEVELS.includes(level)) throw new WardError('WARD_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
+  return level;
+}
+
 
 /** IPv6 literals need brackets in a URL. */
 export function hostText(host: string): string {

@@ -34,7 +34,7 @@ import {
   type DiscoveryServerLimits,
   type MeshModel,
 } from '../discovery/index.js';
-import { LOG_LEVELS, hostPort, hostText, listenError, reportOf } from './ca.js';
+import { adminAddressArg, hostPort, hostText, listenError, logLevelArg, reportOf } from './ca.js';
 import { EXIT_OK, durationFlag, flag, required, type Command } from './command.js';
 
 /** Lifetime of the discovery server's own certificate (renewed at half of it), like the CA server's. */
@@ -325,14 +325,8 @@ Example:
     // Every flag is checked before anything is created, opened or bound.
     const listen = hostPort(String(args.values.listen), '--listen');
     const discovery = hostPort(String(args.values.discovery), '--discovery');
-    const admin = hostPort(String(args.values.admin), '--admin');
-    try {
-      assertLoopback(admin.host);
-    } catch {
-      throw new WardError('WARD_USAGE', `--admin must be a loopback address (127.0.0.1, ::1, localhost): the admin API is unauthenticated; got "${admin.host}"`);
-    }
-    const level = String(args.values['log-level']);
-    if (!LOG_LEVELS.includes(level)) throw new WardError('WARD_USAGE', `--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
+    const admin = adminAddressArg(args);
+    const level = logLevelArg(args);
     const graceMs = durationFlag(args, 'grace')!;
     const logger = createLogger({ level });
     // Registered before starting, so a signal during start-up still stops cleanly.

@@ -32,6 +32,7 @@ import type { Clock } from '../../core/clock.js';
 import type { Logger } from '../../core/logger.js';
 import { SpiffeId } from '../../core/identity/index.js';
 import type { WardErrorCode } from '../../core/errors.js';
+import { BodyTooLargeError, readBody } from '../../core/http-body.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../../core/tls/index.js';
 import { DISCOVERY_PROTOCOL, DISCOVERY_SERVER_PATH, HEARTBEAT_MS, MAX_HEALTH_REPORT_BYTES, type Frame } from '../../core/protocol/index.js';
 import { isNodeMember } from '../model.js';
@@ -376,12 +377,12 @@ export class DiscoveryServer {
     let body: unknown;
     try {
       const declared = Number(req.headers['content-length'] ?? '0');
-      if (declared > max) throw new BodyTooLarge(max);
+      if (declared > max) throw new BodyTooLargeError(max);
       body = JSON.parse(await readBody(req, max));
     } catch (err) {
       res.setHeader('connection', 'close');
       req.resume();
-      if (err instanceof BodyTooLarge) return this.#reply(res, 413, 'WARD_DISCOVERY_REQUEST_TOO_LARGE', err.message);
+      if (err instanceof BodyTooLargeError) return this.#reply(res, 413, 'WARD_DISCOVERY_REQUEST_TOO_LARGE', err.message);
       return this.#reply(res, 400, 'WARD_DISCOVERY_REQUEST_INVALID', `health report is not valid JSON: ${(err as Error).message}`);
     }
     const key = who.id.toString();
@@ -522,34 +523,3 @@ export class DiscoveryServer {
   }
 }
 
-class BodyTooLarge extends Error {
-  constructor(max: number) {
-    super(`body exceeds ${max} bytes`);
-  }
-}
-
-/** Reads at most `max` bytes of a request body (listeners, not for-await: see ca/server.ts). */
-function readBody(req: IncomingMessage, max: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const done = (err?: Error) => {
-      req.off('data', onData);
-      req.off('end', onEnd);
-      req.off('close', onClose);
-      if (err) reject(err);
-      else resolve(Buffer.concat(chunks).toString('utf8'));
-    };
-    const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > max) done(new BodyTooLarge(max));
-      else chunks.push(chunk);
-    };
-    const onEnd = () => done();
-    const onClose = () => done(new Error('the request body ended before it was complete'));
-    if (req.destroyed) return onClose();
-    req.on('data', onData);
-    req.on('end', onEnd);
-    req.on('close', onClose);
-  });
-}
