@@ -5,11 +5,12 @@ import { caHistoryCommands } from './ca-history.js';
 import { certCommands } from './cert.js';
 import { controlCommands } from './control.js';
 import { statusCommands } from './status.js';
+import { initCommands } from './init.js';
 import { tokenCommands } from './token.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...statusCommands];
+const COMMANDS: Command[] = [...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...statusCommands];
 
 const VERSION = '0.1.0';
 
