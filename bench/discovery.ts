@@ -54,12 +54,13 @@ import { systemClock } from '../core/clock.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { silentLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
-import { createIntermediate, createRoot, LeafSigner, PrivateKey, TrustBundle } from '../core/pki/index.js';
+import { PrivateKey, TrustBundle } from '../core/pki/index.js';
 import type { Frame, ServiceEndpoints } from '../core/protocol/index.js';
 import { meshClientOptions } from '../core/tls/index.js';
 import { deepFreeze, type MeshModel, type MeshNode, type Service, type Workload } from '../discovery/model.js';
 import { DiscoveryServer } from '../discovery/push/server.js';
 import { MeshState } from '../discovery/push/state.js';
+import { mintPki } from '../test/helpers/pki.js';
 
 export interface DiscoveryBenchOptions {
   /** Fewer clients and changes: a smoke test that the benchmark still runs. */
@@ -527,20 +528,7 @@ export async function runDiscoveryBench(opts: DiscoveryBenchOptions = {}): Promi
 
   // --- Certificates, minted for the run: a root, an intermediate, the server's SVID, one per node.
   progress(`discovery: minting ${plan.nodes + 1} certificates`);
-  const now = Date.now();
-  const notBefore = new Date(now - 60_000);
-  const notAfter = new Date(now + 3_600_000);
-  const rootKey = PrivateKey.generate();
-  const root = createRoot({ key: rootKey, trustDomain: TD, notBefore, notAfter });
-  const intKey = PrivateKey.generate();
-  const intermediate = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: TD, notBefore, notAfter });
-  const signer = new LeafSigner({ cert: intermediate, key: intKey });
-  const bundle = new TrustBundle(TD, [root]);
-  const creds = (id: SpiffeId) => {
-    const key = PrivateKey.generate();
-    const cert = signer.sign({ publicKeyDer: key.publicKeyDer(), id, notBefore, notAfter });
-    return { id, chainPem: cert.pem() + intermediate.pem, key, bundle };
-  };
+  const { bundle, credentials: creds } = mintPki(TD);
   const serverId = DiscoveryServer.serverId(TD);
   const serverCreds = creds(serverId);
   const clientSpecs: ClientSpec[] = [];

@@ -15,10 +15,10 @@ import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../clock.js';
 import { SpiffeId } from '../identity/index.js';
 import { silentLogger } from '../logger.js';
-import { createIntermediate, createRoot, LeafSigner, PrivateKey, TrustBundle } from '../pki/index.js';
 import { MAX_FRAME_BYTES, type Ack, type Frame, type Resource, type ViewState } from '../protocol/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../tls/index.js';
 import { ControlClient, ControlStreamError, type ControlClientOptions, type Timers } from './index.js';
+import { mintPki } from '../../test/helpers/pki.js';
 
 const TD = 'example.org';
 const DISCOVERY = SpiffeId.parse(`spiffe://${TD}/ward/discovery`);
@@ -29,23 +29,7 @@ const CONNECT_MS = 900_001;
 const IDLE_MS = 900_002;
 const WAIT = { timeout: 10_000, interval: 5 };
 
-function pki() {
-  const now = Date.now();
-  const notBefore = new Date(now - 60_000);
-  const notAfter = new Date(now + 3_600_000);
-  const rootKey = PrivateKey.generate();
-  const root = createRoot({ key: rootKey, trustDomain: TD, notBefore, notAfter });
-  const intKey = PrivateKey.generate();
-  const intermediate = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: TD, notBefore, notAfter });
-  const signer = new LeafSigner({ cert: intermediate, key: intKey });
-  const bundle = new TrustBundle(TD, [root]);
-  return (id: SpiffeId): Credentials => {
-    const key = PrivateKey.generate();
-    const cert = signer.sign({ publicKeyDer: key.publicKeyDer(), id, notBefore, notAfter });
-    return { id, chainPem: cert.pem() + intermediate.pem, key, bundle };
-  };
-}
-const leaf = pki();
+const leaf = mintPki(TD).credentials;
 
 /** Timers that fire only when the test says so. */
 class ManualTimers implements Timers {

@@ -12,7 +12,6 @@ import { ManualClock } from '../../core/clock.js';
 import { SpiffeId } from '../../core/identity/index.js';
 import { silentLogger } from '../../core/logger.js';
 import { createRegistry, type Registry } from '../../core/metrics.js';
-import { createIntermediate, createRoot, LeafSigner, PrivateKey, TrustBundle } from '../../core/pki/index.js';
 import { applyFrame, parseFrame, type Frame, type ServiceEndpoints, type ViewState } from '../../core/protocol/index.js';
 import { meshClientOptions, type Credentials } from '../../core/tls/index.js';
 import { EXAMPLE_WARD_YAML } from '../example.js';
@@ -20,6 +19,7 @@ import type { MeshModel } from '../model.js';
 import { parseWardYaml } from '../ward-yaml.js';
 import { DiscoveryServer } from './server.js';
 import { MeshState } from './state.js';
+import { mintPki } from '../../test/helpers/pki.js';
 
 const TD = 'cluster.local';
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
@@ -37,34 +37,16 @@ function edited(mutate: (d: Doc) => void): MeshModel {
   return parseWardYaml(stringify(d), 'ward.yaml');
 }
 
-/** A root + intermediate for a trust domain, valid now (the TLS stack checks the real clock). */
-function pki(td = TD) {
-  const now = Date.now();
-  const notBefore = new Date(now - 60_000);
-  const notAfter = new Date(now + 3_600_000);
-  const rootKey = PrivateKey.generate();
-  const root = createRoot({ key: rootKey, trustDomain: td, notBefore, notAfter });
-  const intKey = PrivateKey.generate();
-  const intermediate = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: td, notBefore, notAfter });
-  const signer = new LeafSigner({ cert: intermediate, key: intKey });
-  const bundle = new TrustBundle(td, [root]);
-  const creds = (id: SpiffeId): Credentials => {
-    const key = PrivateKey.generate();
-    const cert = signer.sign({ publicKeyDer: key.publicKeyDer(), id, notBefore, notAfter });
-    return { id, chainPem: cert.pem() + intermediate.pem, key, bundle };
-  };
-  return { bundle, creds };
-}
 
-const PKI = pki();
-const OTHER_CA = pki();
-const node = (n: string) => PKI.creds(SpiffeId.node(TD, n));
+const PKI = mintPki(TD);
+const OTHER_CA = mintPki(TD);
+const node = (n: string) => PKI.credentials(SpiffeId.node(TD, n));
 
 async function setup(o: { historyLimit?: number; model?: MeshModel } = {}) {
   const clock = new ManualClock(Date.now());
   const registry = createRegistry();
   const state = new MeshState({ model: o.model ?? base, clock, graceMs: GRACE_MS, autoTick: false, historyLimit: o.historyLimit });
-  const server = new DiscoveryServer({ state, credentials: PKI.creds(SERVER_ID), clock, logger: silentLogger(), registry });
+  const server = new DiscoveryServer({ state, credentials: PKI.credentials(SERVER_ID), clock, logger: silentLogger(), registry });
   const { port } = await server.listen({ host: '127.0.0.1', port: 0 });
   onTestFinished(async () => {
     await server.close();
@@ -196,7 +178,7 @@ describe('DiscoveryServer', () => {
     state.setBundle(PKI.bundle.toPem(), 1);
     const a = new StreamClient(port, node('node-a'));
     const b = new StreamClient(port, node('node-b'));
-    const ing = new StreamClient(port, PKI.creds(INGRESS_ID));
+    const ing = new StreamClient(port, PKI.credentials(INGRESS_ID));
     for (const c of [a, b, ing]) await synced(c, state);
     expect(a.frames[0].type).toBe('snapshot');
     expect(a.ids('workload')).toEqual(['workload shop/api-1', 'workload shop/web-1']);
@@ -223,7 +205,7 @@ describe('DiscoveryServer', () => {
 
   it('publishes endpoints only after the node connected and the identity was issued; withdraws them after the grace period', async () => {
     const { state, port, clock, server } = await setup();
-    const ing = new StreamClient(port, PKI.creds(INGRESS_ID));
+    const ing = new StreamClient(port, PKI.credentials(INGRESS_ID));
     await synced(ing, state);
     expect(ing.endpoints('web.shop')).toEqual([]);
     state.markIssued(WEB); // issued, but node-a not connected
@@ -290,15 +272,15 @@ describe('DiscoveryServer', () => {
     await synced(a, state);
     expect(a.state!.resources.get('bundle cluster.local')!.value).toMatchObject({ sequence: 7 });
     expect(await ack(port, creds, { version: 'x', ok: true })).toBe(400);
-    expect(await ack(port, PKI.creds(SpiffeId.workload(TD, 'shop', 'web')), { version: 1, ok: true })).toBe(403);
+    expect(await ack(port, PKI.credentials(SpiffeId.workload(TD, 'shop', 'web')), { version: 1, ok: true })).toBe(403);
   });
 
   it('refuses a client without a certificate, with another CA, a workload identity, or an undeclared node', async () => {
     const { port, registry, server } = await setup();
     const noCert = new StreamClient(port, undefined);
-    const foreign = OTHER_CA.creds(SpiffeId.node(TD, 'node-a'));
+    const foreign = OTHER_CA.credentials(SpiffeId.node(TD, 'node-a'));
     const otherCa = new StreamClient(port, undefined, { tls: { cert: foreign.chainPem, key: foreign.key.keyObject.export({ format: 'pem', type: 'pkcs8' }) } });
-    const workload = new StreamClient(port, PKI.creds(SpiffeId.workload(TD, 'shop', 'web')));
+    const workload = new StreamClient(port, PKI.credentials(SpiffeId.workload(TD, 'shop', 'web')));
     const stranger = new StreamClient(port, node('node-z'));
     await vi.waitFor(() => {
       expect(noCert.error ?? noCert.status).toBeInstanceOf(Error);
@@ -315,7 +297,7 @@ describe('DiscoveryServer', () => {
   it('a slow client blocks no one, holds no queue, and gets one coalesced delta when it reads again', async () => {
     const { state, port, server } = await setup();
     const slow = new StreamClient(port, node('node-a'));
-    const fast = new StreamClient(port, PKI.creds(INGRESS_ID));
+    const fast = new StreamClient(port, PKI.credentials(INGRESS_ID));
     await synced(slow, state);
     await synced(fast, state);
     slow.res!.pause();
@@ -419,7 +401,7 @@ describe('DiscoveryServer', () => {
     expect(server.meshStatus().workloads.find((w) => w.name === 'web-2')!.healthy).toBeUndefined();
     expect(server.meshStatus().workloads.find((w) => w.name === 'web-1')!.healthy).toBe(true);
     // Not a discovery client at all: 403 before the body is read.
-    expect((await post(port, PKI.creds(SpiffeId.workload(TD, 'shop', 'web')), '/v1/health', report)).status).toBe(403);
+    expect((await post(port, PKI.credentials(SpiffeId.workload(TD, 'shop', 'web')), '/v1/health', report)).status).toBe(403);
   });
 
   it('POST /v1/health: malformed bodies get 400, oversized ones 413', async () => {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { onTestFinished } from 'vitest';
 import { CaServer, CertificateAuthority, JoinTokens, caServerId, type CaServerLimits, type WorkloadAuthorizer } from '../../ca/index.js';
-import { ManualClock } from '../../core/clock.js';
+import { ManualClock, systemClock } from '../../core/clock.js';
 import { SpiffeId } from '../../core/identity/index.js';
 import { createLogger, type Logger } from '../../core/logger.js';
 import { createRegistry, type Registry } from '../../core/metrics.js';
@@ -228,4 +228,25 @@ export async function startCa(o: StartCaOptions = {}): Promise<CaHarness> {
     },
   };
   return h;
+}
+
+/**
+ * A CA in its own temp dir on the real clock (TLS stacks check validity against it), closed and
+ * removed when the test finishes.
+ */
+export async function openTestCa(trustDomain = TD): Promise<CertificateAuthority> {
+  const dir = await mkdtemp(join(tmpdir(), 'ward-test-ca-'));
+  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  const stateDir = join(dir, 'state');
+  await CertificateAuthority.init({ stateDir, trustDomain, clock: systemClock });
+  const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger: createLogger({ level: 'silent' }), registry: createRegistry() });
+  onTestFinished(() => ca.close());
+  return ca;
+}
+
+/** A member's credentials: the key is generated here and only a CSR goes to the CA. */
+export async function credentialsFor(ca: CertificateAuthority, id: SpiffeId, requester = 'test'): Promise<Credentials> {
+  const key = PrivateKey.generate();
+  const r = await ca.issue({ csr: createCsr(key, { uri: id.toString() }), identity: id, requester });
+  return { id, chainPem: r.chainPem, key, bundle: ca.bundle() };
 }

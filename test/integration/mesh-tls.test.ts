@@ -9,19 +9,13 @@
  * has checked the client certificate, so only a reply proves the server accepted it.
  */
 import { once } from 'node:events';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { connect, createServer, type ConnectionOptions, type Server, type TLSSocket } from 'node:tls';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { CertificateAuthority } from '../../ca/index.js';
-import { systemClock } from '../../core/clock.js';
 import { isWardError } from '../../core/errors.js';
 import { SpiffeId } from '../../core/identity/index.js';
-import { silentLogger } from '../../core/logger.js';
-import { createRegistry } from '../../core/metrics.js';
-import { createCsr, createIntermediate, createRoot, LeafSigner, PrivateKey, TrustBundle } from '../../core/pki/index.js';
 import { meshClientOptions, meshServerOptions, peerIdentity, type Credentials } from '../../core/tls/index.js';
+import { mintPki } from '../helpers/pki.js';
+import { credentialsFor, openTestCa } from '../helpers/ca.js';
 
 const TD = 'example.org';
 const CART = SpiffeId.workload(TD, 'shop', 'cart');
@@ -30,49 +24,7 @@ const API = SpiffeId.workload(TD, 'shop', 'api');
 /** Guard against a hung handshake; never reached when the code under test works. */
 const IO_TIMEOUT_MS = 10_000;
 
-/**
- * A CA on the real clock: the TLS stack checks validity against the real clock, so leaves must be
- * valid now.
- */
-async function newCa(): Promise<CertificateAuthority> {
-  const base = await mkdtemp(join(tmpdir(), 'ward-tls-'));
-  onTestFinished(() => rm(base, { recursive: true, force: true }));
-  const stateDir = join(base, 'state');
-  await CertificateAuthority.init({ stateDir, trustDomain: TD, clock: systemClock });
-  const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger: silentLogger(), registry: createRegistry() });
-  onTestFinished(() => ca.close());
-  return ca;
-}
 
-/** A workload's credentials: key generated here, only the CSR goes to the CA. */
-async function credentialsFor(ca: CertificateAuthority, id: SpiffeId): Promise<Credentials> {
-  const key = PrivateKey.generate();
-  const r = await ca.issue({ csr: createCsr(key, { uri: id.toString() }), identity: id, requester: 'credentials-test' });
-  return { id, chainPem: r.chainPem, key, bundle: ca.bundle() };
-}
-
-/**
- * A hand-built hierarchy for what the CA refuses to issue: a leaf of another trust domain that
- * still chains to the root of `TD`'s bundle (so OpenSSL's path validation passes and only Ward's
- * SVID rules can refuse it).
- */
-function handBuiltPki() {
-  const now = Date.now();
-  const notBefore = new Date(now - 60_000);
-  const notAfter = new Date(now + 3_600_000);
-  const rootKey = PrivateKey.generate();
-  const root = createRoot({ key: rootKey, trustDomain: TD, notBefore, notAfter });
-  const intKey = PrivateKey.generate();
-  const intermediate = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: TD, notBefore, notAfter });
-  const signer = new LeafSigner({ cert: intermediate, key: intKey });
-  const bundle = new TrustBundle(TD, [root]);
-  const leaf = (id: SpiffeId): Credentials => {
-    const key = PrivateKey.generate();
-    const cert = signer.sign({ publicKeyDer: key.publicKeyDer(), id, notBefore, notAfter });
-    return { id, chainPem: cert.pem() + intermediate.pem, key, bundle };
-  };
-  return { bundle, leaf };
-}
 
 /** What the server's one-line reply says. */
 interface Verdict {
@@ -185,7 +137,7 @@ async function refusal(p: Promise<unknown>): Promise<Error & { code?: string }> 
 
 describe('mesh TLS credentials on real sockets', () => {
   it('negotiates TLS 1.3 and the server reads the verified client SPIFFE ID', async () => {
-    const ca = await newCa();
+    const ca = await openTestCa();
     const server = await meshServer(await credentialsFor(ca, WEB), { requireClientCert: true });
     const client = await credentialsFor(ca, CART);
     const r = await exchange(server.port, meshClientOptions({ bundle: ca.bundle(), expectedId: WEB, creds: client }));
@@ -195,7 +147,7 @@ describe('mesh TLS credentials on real sockets', () => {
   });
 
   it('refuses a TLS 1.2 client', async () => {
-    const ca = await newCa();
+    const ca = await openTestCa();
     const server = await meshServer(await credentialsFor(ca, WEB), { requireClientCert: true });
     const client = await credentialsFor(ca, CART);
     const serverSide = once(server.server, 'tlsClientError');
@@ -208,7 +160,7 @@ describe('mesh TLS credentials on real sockets', () => {
   });
 
   it('secure naming: a client expecting one identity refuses a valid server of the same CA with another', async () => {
-    const ca = await newCa();
+    const ca = await openTestCa();
     const server = await meshServer(await credentialsFor(ca, API), { requireClientCert: true });
     const client = await credentialsFor(ca, CART);
     const err = await refusal(exchange(server.port, meshClientOptions({ bundle: ca.bundle(), expectedId: WEB, creds: client })));
@@ -223,7 +175,7 @@ describe('mesh TLS credentials on real sockets', () => {
   it('secure naming holds when the client offers a session to resume: mesh servers never resume', async () => {
     // Node skips checkServerIdentity on a resumed session; if the server resumed, a session got
     // while expecting API would let the client accept the same server while expecting WEB.
-    const ca = await newCa();
+    const ca = await openTestCa();
     const server = await meshServer(await credentialsFor(ca, API), { requireClientCert: true });
     const client = await credentialsFor(ca, CART);
     const first = await exchange(server.port, meshClientOptions({ bundle: ca.bundle(), expectedId: API, creds: client }));
@@ -237,8 +189,8 @@ describe('mesh TLS credentials on real sockets', () => {
   });
 
   it('refuses a server certificate from another CA', async () => {
-    const ca = await newCa();
-    const other = await newCa();
+    const ca = await openTestCa();
+    const other = await openTestCa();
     const server = await meshServer(await credentialsFor(other, WEB), { requireClientCert: true });
     const client = await credentialsFor(ca, CART);
     const err = await refusal(exchange(server.port, meshClientOptions({ bundle: ca.bundle(), expectedId: WEB, creds: client })));
@@ -246,8 +198,8 @@ describe('mesh TLS credentials on real sockets', () => {
   });
 
   it('refuses a client certificate from another CA, in the handshake or in peerIdentity', async () => {
-    const ca = await newCa();
-    const other = await newCa();
+    const ca = await openTestCa();
+    const other = await openTestCa();
     const serverCreds = await credentialsFor(ca, WEB);
     const stranger = await credentialsFor(other, CART);
     const options = meshClientOptions({ bundle: ca.bundle(), expectedId: WEB, creds: stranger });
@@ -270,7 +222,7 @@ describe('mesh TLS credentials on real sockets', () => {
   });
 
   it('a client without a certificate: peerIdentity is undefined where optional, refused where required', async () => {
-    const ca = await newCa();
+    const ca = await openTestCa();
     const serverCreds = await credentialsFor(ca, WEB);
     const options = meshClientOptions({ bundle: ca.bundle(), expectedId: WEB });
 
@@ -289,12 +241,14 @@ describe('mesh TLS credentials on real sockets', () => {
   });
 
   it('refuses a leaf of a foreign trust domain that chains to a trusted root, on either side', async () => {
-    const pki = handBuiltPki();
-    const foreign = pki.leaf(SpiffeId.workload('other.org', 'shop', 'web'));
-    const local = pki.leaf(CART);
+    // Hand-built, for what the CA refuses to issue: a leaf of another trust domain that still chains
+    // to the root of TD's bundle (OpenSSL's path validation passes; only Ward's SVID rules refuse it).
+    const pki = mintPki(TD);
+    const foreign = pki.credentials(SpiffeId.workload('other.org', 'shop', 'web'));
+    const local = pki.credentials(CART);
 
     // Server side: the client's foreign leaf passes OpenSSL (same root) and peerIdentity refuses it.
-    const server = await meshServer(pki.leaf(WEB), { requireClientCert: true });
+    const server = await meshServer(pki.credentials(WEB), { requireClientCert: true });
     const r = await exchange(server.port, meshClientOptions({ bundle: pki.bundle, expectedId: WEB, creds: foreign }));
     expect(r.verdict.code).toBe('WARD_PKI_SVID_INVALID');
     expect(r.verdict.message).toContain('foreign-trust-domain');

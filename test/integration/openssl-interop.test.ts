@@ -23,14 +23,11 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { connect, createServer, type TLSSocket } from 'node:tls';
 import { describe, expect, it, onTestFinished } from 'vitest';
-import { CertificateAuthority } from '../../ca/index.js';
-import { systemClock } from '../../core/clock.js';
 import { SpiffeId } from '../../core/identity/index.js';
-import { silentLogger } from '../../core/logger.js';
-import { createRegistry } from '../../core/metrics.js';
-import { createCsr, parseCertificate, parseCertificates, PrivateKey } from '../../core/pki/index.js';
+import { parseCertificate, parseCertificates } from '../../core/pki/index.js';
 import { meshClientOptions, meshServerOptions, peerIdentity, type Credentials } from '../../core/tls/index.js';
 import { openssl, opensslOk, tempDir } from '../helpers/openssl.js';
+import { credentialsFor, openTestCa } from '../helpers/ca.js';
 
 const TD = 'example.org';
 const SERVER_ID = SpiffeId.workload(TD, 'shop', 'api');
@@ -38,20 +35,6 @@ const CLIENT_ID = SpiffeId.workload(TD, 'shop', 'web');
 /** Guards against a hung peer; never reached when both sides work. */
 const IO_TIMEOUT_MS = 10_000;
 
-async function newCa(dir: string, name: string): Promise<CertificateAuthority> {
-  // The real clock: OpenSSL checks validity against it.
-  const stateDir = join(dir, name);
-  await CertificateAuthority.init({ stateDir, trustDomain: TD, clock: systemClock });
-  const ca = await CertificateAuthority.open({ stateDir, clock: systemClock, logger: silentLogger(), registry: createRegistry() });
-  onTestFinished(() => ca.close());
-  return ca;
-}
-
-async function credentialsFor(ca: CertificateAuthority, id: SpiffeId): Promise<Credentials> {
-  const key = PrivateKey.generate();
-  const r = await ca.issue({ csr: createCsr(key, { uri: id.toString() }), identity: id, requester: 'openssl-interop-test' });
-  return { id, chainPem: r.chainPem, key, bundle: ca.bundle() };
-}
 
 /** A member's credentials as the files OpenSSL reads: leaf, intermediates, key (0600), bundle. */
 async function writeCredentials(dir: string, name: string, creds: Credentials): Promise<{ cert: string; chain: string; key: string; bundle: string }> {
@@ -167,8 +150,8 @@ async function nodeMeshServer(creds: Credentials) {
 describe('openssl interop', () => {
   it('openssl verify accepts issued leaves for sslclient and sslserver, and refuses them under another root', async () => {
     const dir = await tempDir();
-    const ca = await newCa(dir, 'ca');
-    const other = await newCa(dir, 'other');
+    const ca = await openTestCa();
+    const other = await openTestCa();
     const files = await writeCredentials(dir, 'web', await credentialsFor(ca, CLIENT_ID));
     const foreignBundle = join(dir, 'other-bundle.crt');
     await writeFile(foreignBundle, other.bundle().toPem());
@@ -183,7 +166,7 @@ describe('openssl interop', () => {
 
   it('issues from a CSR made by openssl req (PEM and DER), for the key OpenSSL generated', async () => {
     const dir = await tempDir();
-    const ca = await newCa(dir, 'ca');
+    const ca = await openTestCa();
     const key = join(dir, 'req.key');
     const base = ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-subj', '/CN=web'];
     const pem = join(dir, 'req.pem');
@@ -208,7 +191,7 @@ describe('openssl interop', () => {
 
   it('openssl s_server (client certificate required, TLS 1.3) ⇄ Node mesh client', async () => {
     const dir = await tempDir();
-    const ca = await newCa(dir, 'ca');
+    const ca = await openTestCa();
     const server = await writeCredentials(dir, 'api', await credentialsFor(ca, SERVER_ID));
     const sServer = await startSServer([
       '-cert', server.cert, '-cert_chain', server.chain, '-key', server.key,
@@ -225,8 +208,8 @@ describe('openssl interop', () => {
 
   it('openssl s_server and the Node mesh client each refuse a certificate of another CA', async () => {
     const dir = await tempDir();
-    const ca = await newCa(dir, 'ca');
-    const other = await newCa(dir, 'other');
+    const ca = await openTestCa();
+    const other = await openTestCa();
 
     // The Node client presents another CA's certificate: s_server refuses it.
     const server = await writeCredentials(dir, 'api', await credentialsFor(ca, SERVER_ID));
@@ -257,7 +240,7 @@ describe('openssl interop', () => {
 
   it('openssl s_client (TLS 1.3, client certificate) ⇄ Node mesh server, which reads the right SPIFFE ID', async () => {
     const dir = await tempDir();
-    const ca = await newCa(dir, 'ca');
+    const ca = await openTestCa();
     const server = await nodeMeshServer(await credentialsFor(ca, SERVER_ID));
     const client = await writeCredentials(dir, 'web', await credentialsFor(ca, CLIENT_ID));
     const r = await openssl(
@@ -278,8 +261,8 @@ describe('openssl interop', () => {
 
   it('openssl s_client and the Node mesh server each refuse a certificate of another CA', async () => {
     const dir = await tempDir();
-    const ca = await newCa(dir, 'ca');
-    const other = await newCa(dir, 'other');
+    const ca = await openTestCa();
+    const other = await openTestCa();
 
     // s_client presents another CA's certificate: the Node server refuses it.
     const server = await nodeMeshServer(await credentialsFor(ca, SERVER_ID));
