@@ -15,6 +15,7 @@ import { createCsr } from '../core/pki/csr.js';
 import { PrivateKey } from '../core/pki/keys.js';
 import { verifySvid } from '../core/pki/verify.js';
 import { CertificateAuthority, type InitOptions, type IssuedEvent, type OpenOptions } from './authority.js';
+import { errorOf } from '../test/helpers/errors.js';
 
 const run = promisify(execFile);
 const TD = 'example.org';
@@ -66,15 +67,6 @@ async function verifyLeaf(ca: CertificateAuthority, chainPem: string, at: number
   return verifySvid(parseCertificates(chainPem), ca.bundle(), new Date(at));
 }
 
-async function errorOf(p: Promise<unknown>): Promise<{ code: WardErrorCode; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    if (isWardError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
 
 async function openssl(args: string[], cwd: string): Promise<string> {
   const { stdout } = await run('openssl', args, { cwd });

@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../core/clock.js';
-import { isWardError, type WardErrorCode } from '../core/errors.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { silentLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
@@ -13,6 +12,7 @@ import { PrivateKey } from '../core/pki/keys.js';
 import { verifySvid } from '../core/pki/verify.js';
 import { CertificateAuthority, type CaChange, type IssueResult } from './authority.js';
 import type { StoreHooks } from './store.js';
+import { errorOf } from '../test/helpers/errors.js';
 
 const TD = 'example.org';
 const HOUR = 3_600_000;
@@ -63,15 +63,6 @@ async function anchor(ca: CertificateAuthority, leaf: IssueResult, at: number): 
   return v.ok ? v.path[v.path.length - 1].fingerprintSha256 : `rejected: ${v.reason}`;
 }
 
-async function errorOf(p: Promise<unknown>): Promise<{ code: WardErrorCode; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    if (isWardError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
 
 /** Closes `ca`, reopens from disk and checks the reopened CA is in the same state. */
 async function reopenSame(h: Harness, ca: CertificateAuthority): Promise<CertificateAuthority> {

@@ -4,9 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../core/clock.js';
-import { isWardError, type WardErrorCode } from '../core/errors.js';
+import { isWardError } from '../core/errors.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { DEFAULT_TOKEN_TTL_MS, JoinTokens, MAX_TOKEN_TTL_MS, TOKENS_DIR } from './tokens.js';
+import { errorOf } from '../test/helpers/errors.js';
 
 const TD = 'example.org';
 const MINUTE = 60_000;
@@ -17,15 +18,6 @@ async function setup(clock = new ManualClock(Date.UTC(2026, 0, 1))) {
   return { stateDir, clock, tokens: new JoinTokens({ stateDir, trustDomain: TD, clock }) };
 }
 
-async function errorOf(p: Promise<unknown>): Promise<{ code: WardErrorCode; message: string }> {
-  try {
-    await p;
-  } catch (err) {
-    if (isWardError(err)) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
 
 const fileOf = (stateDir: string, token: string) => join(stateDir, TOKENS_DIR, `${createHash('sha256').update(token).digest('hex')}.json`);
 

@@ -1,26 +1,19 @@
 import { describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { SpiffeId } from '../core/identity/index.js';
 import { modelAuthorizer } from './authorizer.js';
 import { EXAMPLE_WARD_YAML } from './example.js';
-import type { MeshModel } from './model.js';
 import { parseWardYaml } from './ward-yaml.js';
+import { editedExample } from '../test/helpers/mesh.js';
 
 const TD = 'cluster.local';
 const WEB = SpiffeId.workload(TD, 'shop', 'web');
 const API = SpiffeId.workload(TD, 'shop', 'api');
 const node = (n: string, td = TD) => SpiffeId.node(td, n);
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-function edited(mutate: (d: any) => void): MeshModel {
-  const d = parse(EXAMPLE_WARD_YAML);
-  mutate(d);
-  return parseWardYaml(stringify(d), 'ward.yaml');
-}
 
 describe('modelAuthorizer', () => {
   it('lets a node obtain exactly the identities of workloads declared on it', () => {
-    const model = edited((d) => {
+    const model = editedExample((d) => {
       // api runs on node-b only.
       d.workloads = d.workloads.filter((w: { name: string }) => w.name !== 'api-1');
     });
@@ -50,12 +43,12 @@ describe('modelAuthorizer', () => {
     let model = parseWardYaml(EXAMPLE_WARD_YAML, 'ward.yaml');
     const a = modelAuthorizer(() => model);
     expect(a.mayObtain(node('node-a'), API)).toBe(true);
-    model = edited((d) => {
+    model = editedExample((d) => {
       for (const w of d.workloads) if (w.name === 'api-1') w.node = 'node-b';
     });
     expect(a.mayObtain(node('node-a'), API)).toBe(false);
     expect(a.mayObtain(node('node-b'), API)).toBe(true);
-    model = edited((d) => {
+    model = editedExample((d) => {
       d.nodes = d.nodes.filter((n: { name: string }) => n.name !== 'node-b');
       d.workloads = d.workloads.filter((w: { node: string }) => w.node !== 'node-b');
     });

@@ -1,18 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { EXAMPLE_WARD_YAML } from './example.js';
-import { diffModels, emptyModel, endpointsOf, isNodeMember, mayObtain, selectorMatches, workloadsOnNode, type MeshModel } from './model.js';
+import { diffModels, emptyModel, endpointsOf, isNodeMember, mayObtain, selectorMatches, workloadsOnNode } from './model.js';
 import { parseWardYaml } from './ward-yaml.js';
+import { editedExample, exampleModel, type Doc } from '../test/helpers/mesh.js';
 
-type Doc = Record<string, any>;
 
-const base = parseWardYaml(EXAMPLE_WARD_YAML, 'ward.yaml');
+const base = exampleModel;
 
-function edited(mutate: (d: Doc) => void): MeshModel {
-  const d = parse(EXAMPLE_WARD_YAML) as Doc;
-  mutate(d);
-  return parseWardYaml(stringify(d), 'ward.yaml');
-}
 
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
 const API = 'spiffe://cluster.local/ns/shop/sa/api';
@@ -24,7 +18,7 @@ describe('mayObtain (the CA node authorizer answer)', () => {
   });
 
   it('false for another node, an undeclared identity, an unknown node', () => {
-    const lonely = edited((d) => {
+    const lonely = editedExample((d) => {
       d.workloads = d.workloads.filter((w: Doc) => w.name !== 'api-2');
     });
     expect(mayObtain(lonely, 'node-b', API)).toBe(false);
@@ -35,13 +29,13 @@ describe('mayObtain (the CA node authorizer answer)', () => {
   });
 
   it('follows a workload moved to another node', () => {
-    const moved = edited((d) => {
+    const moved = editedExample((d) => {
       d.workloads = d.workloads.filter((w: Doc) => w.name !== 'api-1');
       d.workloads.push({ name: 'db', namespace: 'data', serviceAccount: 'db', node: 'node-a', address: '127.0.50.1', ports: [5432] });
     });
     expect(mayObtain(base, 'node-a', 'spiffe://cluster.local/ns/data/sa/db')).toBe(false);
     expect(mayObtain(moved, 'node-a', 'spiffe://cluster.local/ns/data/sa/db')).toBe(true);
-    const relocated = edited((d) => {
+    const relocated = editedExample((d) => {
       d.workloads[2].node = 'node-b'; // api-1 → node-b: node-a no longer runs any api
     });
     expect(mayObtain(relocated, 'node-a', API)).toBe(false);
@@ -49,7 +43,7 @@ describe('mayObtain (the CA node authorizer answer)', () => {
   });
 
   it('false once the workload is removed', () => {
-    const removed = edited((d) => {
+    const removed = editedExample((d) => {
       d.workloads = d.workloads.filter((w: Doc) => !w.name.startsWith('web-'));
       d.services = d.services.filter((s: Doc) => s.name !== 'web');
       delete d.ingress;
@@ -89,7 +83,7 @@ describe('endpointsOf', () => {
   });
 
   it('selects only within the service namespace, and only when every selector pair matches', () => {
-    const m = edited((d) => {
+    const m = editedExample((d) => {
       d.workloads.push({ name: 'api-x', namespace: 'other', serviceAccount: 'api', node: 'node-a', address: '127.0.30.9', ports: [9090], labels: { app: 'api' } });
       d.workloads[2].labels = { app: 'api', track: 'canary' };
       d.services[1].selector = { app: 'api', track: 'canary' };
@@ -107,7 +101,7 @@ describe('diffModels', () => {
   });
 
   it('names added, removed and changed keys per kind', () => {
-    const next = edited((d) => {
+    const next = editedExample((d) => {
       d.nodes[1].zone = 'zone-c'; // changed node
       d.nodes.push({ name: 'node-c', address: '127.0.10.3' }); // added node
       d.workloads = d.workloads.filter((w: Doc) => w.name !== 'web-2'); // removed workload
@@ -130,14 +124,14 @@ describe('diffModels', () => {
   });
 
   it('a policy rule change is a changed policy', () => {
-    const next = edited((d) => {
+    const next = editedExample((d) => {
       d.policies[0].spec.rules[0].to[0].methods = ['GET'];
     });
     expect(diffModels(base, next).policies.changed).toEqual(['shop/api-allow-web-get']);
   });
 
   it('a trust domain change is flagged (every identity changes with it)', () => {
-    const next = edited((d) => {
+    const next = editedExample((d) => {
       d.trustDomain = 'example.org';
       for (const p of d.policies) p.spec.rules[0].from[0].identities = p.spec.rules[0].from[0].identities.map((s: string) => s.replace('cluster.local', 'example.org'));
     });

@@ -16,7 +16,7 @@ import { ManualClock } from '../clock.js';
 import { SpiffeId } from '../identity/index.js';
 import { silentLogger } from '../logger.js';
 import { MAX_FRAME_BYTES, type Ack, type Frame, type Resource, type ViewState } from '../protocol/index.js';
-import { meshServerOptions, peerIdentity, type Credentials } from '../tls/index.js';
+import { meshServerOptions, peerIdentity } from '../tls/index.js';
 import { ControlClient, ControlStreamError, type ControlClientOptions, type Timers } from './index.js';
 import { mintPki } from '../../test/helpers/pki.js';
 

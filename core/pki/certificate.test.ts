@@ -1,11 +1,12 @@
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { isWardError, type WardErrorCode } from '../errors.js';
+import { isWardError } from '../errors.js';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import { opensslOk, openssl, tempDir, writeFiles } from '../../test/helpers/openssl.js';
 import { createIntermediate, createRoot, LeafSigner, parseCertificate, parseCertificates, toPem, type Certificate } from './certificate.js';
 import { DerCursor, readTlv, readWhole, TAG } from './der.js';
 import { PrivateKey } from './keys.js';
+import { expectWardError } from '../../test/helpers/errors.js';
 
 const TD = 'example.org';
 const ID = SpiffeId.workload(TD, 'shop', 'cart');
@@ -24,17 +25,6 @@ function hierarchy() {
   return { rootKey, intKey, root, inter, signer: new LeafSigner({ cert: inter, key: intKey }) };
 }
 
-function expectWardError(fn: () => unknown, code: WardErrorCode, message?: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught, 'expected a WardError').toBeDefined();
-  if (!isWardError(caught, code)) throw new Error(`expected ${code}, got ${String(caught)}`, { cause: caught });
-  if (message) expect(caught.message).toMatch(message);
-}
 
 /** The tag of notBefore/notAfter in a certificate's DER (0x17 UTCTime, 0x18 GeneralizedTime). */
 function validityTags(der: Buffer): [number, number] {

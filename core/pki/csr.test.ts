@@ -1,24 +1,14 @@
 import { createPublicKey, generateKeyPairSync, randomBytes, sign } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
-import { isWardError, type WardErrorCode } from '../errors.js';
+import { isWardError } from '../errors.js';
 import { openssl, opensslOk, tempDir, writeFiles } from '../../test/helpers/openssl.js';
 import { ECDSA_SHA256_ALG_ID } from './certificate.js';
 import { createCsr, MAX_CSR_BYTES, parseCsr, parseCsrAsync } from './csr.js';
 import { DerCursor, encodeBitString, encodeOid, readPemBlocks, readWhole, seq, TAG, tlv, toPem } from './der.js';
 import { PrivateKey } from './keys.js';
+import { expectWardError } from '../../test/helpers/errors.js';
 
-function expectWardError(fn: () => unknown, code: WardErrorCode, message?: RegExp): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  expect(caught, 'expected a WardError').toBeDefined();
-  if (!isWardError(caught, code)) throw new Error(`expected ${code}, got ${String(caught)}`, { cause: caught });
-  if (message) expect(caught.message).toMatch(message);
-}
 
 function pemToDer(pem: string): Buffer {
   return readPemBlocks(pem).blocks[0].der;

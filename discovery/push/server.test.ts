@@ -7,19 +7,17 @@
 import { request } from 'node:https';
 import type { IncomingMessage } from 'node:http';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { ManualClock } from '../../core/clock.js';
 import { SpiffeId } from '../../core/identity/index.js';
 import { silentLogger } from '../../core/logger.js';
 import { createRegistry, type Registry } from '../../core/metrics.js';
 import { applyFrame, parseFrame, type Frame, type ServiceEndpoints, type ViewState } from '../../core/protocol/index.js';
 import { meshClientOptions, type Credentials } from '../../core/tls/index.js';
-import { EXAMPLE_WARD_YAML } from '../example.js';
 import type { MeshModel } from '../model.js';
-import { parseWardYaml } from '../ward-yaml.js';
 import { DiscoveryServer } from './server.js';
 import { MeshState } from './state.js';
 import { mintPki } from '../../test/helpers/pki.js';
+import { editedExample, exampleModel, type Doc } from '../../test/helpers/mesh.js';
 
 const TD = 'cluster.local';
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
@@ -29,13 +27,7 @@ const INGRESS_ID = SpiffeId.workload(TD, 'ward-system', 'ward-ingress');
 const GRACE_MS = 30_000;
 const WAIT = { timeout: 10_000, interval: 5 };
 
-type Doc = Record<string, any>;
-const base = parseWardYaml(EXAMPLE_WARD_YAML, 'ward.yaml');
-function edited(mutate: (d: Doc) => void): MeshModel {
-  const d = parse(EXAMPLE_WARD_YAML) as Doc;
-  mutate(d);
-  return parseWardYaml(stringify(d), 'ward.yaml');
-}
+const base = exampleModel;
 
 
 const PKI = mintPki(TD);
@@ -190,7 +182,7 @@ describe('DiscoveryServer', () => {
 
     // The web service gets a second port: every client's view of web.shop changes.
     const before = state.version;
-    state.setModel(edited((d) => d.services[0].ports.push({ name: 'alt', port: 81, targetPort: 8080, protocol: 'http' })));
+    state.setModel(editedExample((d) => d.services[0].ports.push({ name: 'alt', port: 81, targetPort: 8080, protocol: 'http' })));
     for (const c of [a, b, ing]) {
       await synced(c, state);
       const last = c.frames.at(-1)!;
@@ -363,7 +355,7 @@ describe('DiscoveryServer', () => {
     const b = new StreamClient(port, node('node-b'));
     await synced(a, state);
     await synced(b, state);
-    state.setModel(edited((d) => {
+    state.setModel(editedExample((d) => {
       d.nodes.pop();
       d.workloads = d.workloads.filter((w: Doc) => w.node !== 'node-b');
     }));

@@ -1,19 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
 import { ManualClock } from '../../core/clock.js';
 import { applyFrame, type Resource, type ServiceEndpoints, type ViewState } from '../../core/protocol/index.js';
-import { EXAMPLE_WARD_YAML } from '../example.js';
-import type { MeshModel } from '../model.js';
-import { parseWardYaml } from '../ward-yaml.js';
 import { MeshState, type View } from './state.js';
+import { editedExample, exampleModel } from '../../test/helpers/mesh.js';
 
-type Doc = Record<string, any>;
-const base = parseWardYaml(EXAMPLE_WARD_YAML, 'ward.yaml');
-function edited(mutate: (d: Doc) => void): MeshModel {
-  const d = parse(EXAMPLE_WARD_YAML) as Doc;
-  mutate(d);
-  return parseWardYaml(stringify(d), 'ward.yaml');
-}
+const base = exampleModel;
 const WEB = 'spiffe://cluster.local/ns/shop/sa/web';
 const API = 'spiffe://cluster.local/ns/shop/sa/api';
 const NODE_A: View = { kind: 'node', node: 'node-a' };
@@ -109,7 +100,7 @@ describe('MeshState', () => {
     expect(state.version).toBe(v0 + 2); // connecting with nothing issued publishes nothing: no version
     // api-1 moves to node-b with new labels; a policy is removed; a route added.
     state.setModel(
-      edited((d) => {
+      editedExample((d) => {
         d.workloads[2].node = 'node-b';
         d.workloads[2].labels = { app: 'api', v: '2' };
         d.policies.pop();
@@ -134,7 +125,7 @@ describe('MeshState', () => {
     state.nodeConnected('node-b');
     state.markIssued(WEB);
     const before = state.version;
-    state.setModel(edited((d) => (d.workloads[2].address = '127.0.30.9'))); // api-1: no api identity issued yet
+    state.setModel(editedExample((d) => (d.workloads[2].address = '127.0.30.9'))); // api-1: no api identity issued yet
     expect(state.version).toBe(before + 1);
     const d = state.deltaSince(NODE_A, before)!;
     expect(d.upserts.map((r) => `${r.kind} ${r.key}`)).toEqual(['workload shop/api-1']);
