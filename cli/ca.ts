@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
-import { createLogger, silentLogger, type Logger } from '../core/logger.js';
+import { createLogger, silentLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
 import { toPem } from '../core/pki/index.js';

@@ -166,7 +166,6 @@ export class ControlClient extends EventEmitter<ControlClientEvents> {
   #closed = false;
   #closing: Promise<void> | undefined;
   #running: Promise<void> | undefined;
-  #backoffTimer: unknown;
   #stream: ClientRequest | undefined;
   /** TLS options of the current stream; its ACKs use the same credentials. */
   #streamTls: RequestOptions | undefined;
@@ -242,7 +241,6 @@ export class ControlClient extends EventEmitter<ControlClientEvents> {
     this.#closed = true;
     for (const t of this.#armed) this.#timers.clear(t);
     this.#armed.clear();
-    this.#backoffTimer = undefined;
     this.#acks = [];
     this.#abort.abort();
     this.#stream?.destroy();
@@ -301,8 +299,7 @@ export class ControlClient extends EventEmitter<ControlClientEvents> {
     const delayMs = Math.floor(this.#random() * ceiling);
     this.emit('reconnecting', { attempt: this.#attempts + 1, delayMs });
     if (this.#closed) return;
-    this.#backoffTimer = this.#arm(() => {
-      this.#backoffTimer = undefined;
+    this.#arm(() => {
       if (!this.#closed) this.#run();
     }, delayMs);
   }
