@@ -35,6 +35,7 @@ import { PrivateKey, createCsr, type TrustBundle } from '../core/pki/index.js';
 import { meshServerOptions, peerIdentity, type Credentials } from '../core/tls/index.js';
 import { RateLimiter } from '../core/rate-limit.js';
 import { BodyTooLargeError, readBody } from '../core/http-body.js';
+import { assertLoopback } from '../core/address.js';
 import type { CertificateAuthority } from './authority.js';
 import { clip } from './audit.js';
 import type { JoinTokens } from './tokens.js';
@@ -621,12 +622,6 @@ export function clientKey(address: string): string {
   const right = address.includes('::') && tail ? tail.split(':') : [];
   const groups = [...left, ...Array(8 - left.length - right.length).fill('0'), ...right];
   return `${groups.slice(0, 4).map((g) => g.toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`;
-}
-
-/** Admin endpoints are unauthenticated by design, so they may only ever face this machine. */
-export function assertLoopback(host: string): void {
-  const ok = host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
-  if (!ok) throw new WardError('WARD_CONFIG_INVALID', `admin listener must bind a loopback address, not ${host}`);
 }
 
 async function closeServer(server: HttpServer | HttpsServer, graceMs: number, sockets: Set<Socket>): Promise<void> {

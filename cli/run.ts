@@ -4,13 +4,14 @@ import { caCommands } from './ca.js';
 import { caHistoryCommands } from './ca-history.js';
 import { certCommands } from './cert.js';
 import { controlCommands } from './control.js';
+import { proxyCommands } from './proxy.js';
 import { statusCommands } from './status.js';
 import { initCommands } from './init.js';
 import { tokenCommands } from './token.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...statusCommands];
+const COMMANDS: Command[] = [...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...statusCommands];
 
 const VERSION = '0.1.0';
 

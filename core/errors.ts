@@ -46,6 +46,15 @@ export const ERROR_CODES = {
   WARD_DISCOVERY_REQUEST_TOO_LARGE: 'a discovery request body exceeds the size limit',
   WARD_DISCOVERY_NOT_FOUND: 'no such discovery route',
   WARD_DISCOVERY_INTERNAL: 'the discovery pool failed unexpectedly; details are in its log',
+  // node proxy
+  WARD_PROXY_JOIN_FAILED: 'the node proxy could not join the mesh (join token refused, CA unreachable, or its saved node identity unusable)',
+  WARD_PROXY_IDENTITY_UNAVAILABLE: 'the node proxy holds no valid certificate for a workload, so it neither sends nor accepts its traffic',
+  WARD_PROXY_UNKNOWN_SERVICE: 'an outbound request named a host that is not a mesh service (or a port the service does not expose)',
+  WARD_PROXY_NO_ENDPOINTS: 'a mesh service has no healthy, identity-verified endpoint',
+  WARD_PROXY_UPSTREAM_FAILED: 'every endpoint tried for a request failed (connect, TLS, identity or reset)',
+  WARD_PROXY_REQUEST_INVALID: 'a request through the proxy is malformed or not in proxy form',
+  WARD_PROXY_OVERLOADED: 'the proxy is at a connection or pending-request limit and shed the request',
+  WARD_PROXY_TIMEOUT: 'an upstream did not answer within the request timeout',
   // inspection
   WARD_INSPECT_CONNECT_FAILED: 'a TLS connection for inspection could not be made',
 } as const;

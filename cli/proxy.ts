@@ -1,0 +1,152 @@
+import { readFile } from 'node:fs/promises';
+import { WardError } from '../core/errors.js';
+import { systemClock } from '../core/clock.js';
+import { createLogger } from '../core/logger.js';
+import { createRegistry } from '../core/metrics.js';
+import { parseTrustDomain } from '../core/identity/index.js';
+import { TrustBundle } from '../core/pki/index.js';
+import { NodeProxy, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT, DEFAULT_ADMIN_PORT } from '../proxy/index.js';
+import { EXIT_OK, optional, required, type Command } from './command.js';
+import { adminAddressArg, hostText, listenError, logLevelArg } from './ca.js';
+
+/** The token may also come from the environment, so that it never shows in `ps`. */
+const TOKEN_ENV = 'WARD_PROXY_TOKEN';
+
+const proxy: Command = {
+  name: 'proxy',
+  summary: 'run a node proxy: mutual TLS between nodes, a certificate per local workload, authorization',
+  options: {
+    node: { type: 'string' },
+    address: { type: 'string' },
+    ca: { type: 'string', default: 'https://127.0.0.1:8443' },
+    discovery: { type: 'string', default: 'https://127.0.0.1:8444' },
+    bundle: { type: 'string' },
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    token: { type: 'string' },
+    'token-file': { type: 'string' },
+    state: { type: 'string' },
+    'inbound-port': { type: 'string', default: String(DEFAULT_INBOUND_PORT) },
+    'outbound-port': { type: 'string', default: String(DEFAULT_OUTBOUND_PORT) },
+    admin: { type: 'string' },
+    ttl: { type: 'string' },
+    'default-policy': { type: 'string', default: 'all-authenticated' },
+    'cluster-domain': { type: 'string', default: 'cluster.local' },
+    'log-level': { type: 'string', default: 'info' },
+  },
+  help: `Usage: ward proxy --node NAME --address IP --bundle FILE [--token TOKEN | --token-file FILE]
+                  [--ca URL] [--discovery URL] [--state DIR] [--admin HOST:PORT] [options]
+
+Runs the node proxy of node NAME (DESIGN §5). It joins the mesh with a one-time join token (or the
+node identity saved in --state by an earlier run), obtains a certificate for every workload the
+discovery pool places on this node (keys are generated here and never leave it), renews them at
+about half their lifetime, and then:
+
+  inbound   IP:15008 — mutual TLS 1.3 only. The caller must present a valid SVID of this mesh; every
+            request is authorized by policy (403 and a log line naming the policy and rule when
+            denied) and forwarded to the local workload with the caller's identity in the
+            x-ward-source-identity header (any copy sent by the caller is dropped).
+  outbound  <workload address>:15001, one listener per local workload — an HTTP proxy for that
+            workload alone: http_proxy=http://<workload address>:15001, then
+              curl http://api.shop:8080/items         (absolute-form HTTP/1.1)
+              curl --proxytunnel ... / CONNECT api.shop:8080   (any TCP protocol)
+            or HTTP/2 with prior knowledge (h2c). Names: <service>.<namespace>[.svc.<cluster-domain>].
+  admin     loopback only: /healthz, /readyz, /metrics, /v1/state (JSON), POST /v1/renew
+
+Flags:
+  --node NAME             this node's name, as declared in ward.yaml
+  --address IP            this node's address (the inbound listener binds it)
+  --bundle FILE           the mesh trust bundle, PEM ("ward ca bundle --state DIR > bundle.pem")
+  --trust-domain TD       the mesh trust domain (default cluster.local)
+  --token TOKEN           a join token ("ward token create --node NAME"); or set ${TOKEN_ENV}
+  --token-file FILE       read the join token from FILE
+  --state DIR             keep the node identity here (key mode 0600), so a restart needs no new token
+  --ca URL                the CA (default https://127.0.0.1:8443)
+  --discovery URL         the discovery pool (default https://127.0.0.1:8444)
+  --inbound-port PORT     default ${DEFAULT_INBOUND_PORT}
+  --outbound-port PORT    default ${DEFAULT_OUTBOUND_PORT}
+  --admin HOST:PORT       loopback only (default: --address when it is loopback, else 127.0.0.1; port ${DEFAULT_ADMIN_PORT})
+  --ttl DURATION          requested certificate lifetime (5m..24h; default: the CA's, 1h)
+  --default-policy MODE   all-authenticated (default) or deny: the decision when no policy selects a service
+  --cluster-domain NAME   default cluster.local
+  --log-level LEVEL       trace, debug, info, warn, error, fatal or silent (default info)
+
+Once listening it prints on standard error:
+  ward proxy: node NAME inbound HOST:PORT admin http://HOST:PORT
+Logs are JSON lines on standard error. SIGINT/SIGTERM drain open requests and stop (exit status 0).
+
+Example:
+  ward proxy --node node-a --address 127.0.10.1 --bundle bundle.pem \\
+    --token "$(ward token create --state .ward --node node-a)" --state .ward/node-a`,
+  async run(args, io) {
+    const node = required(args, 'node');
+    const address = required(args, 'address');
+    const bundleFile = required(args, 'bundle');
+    const trustDomain = parseTrustDomain(String(args.values['trust-domain']));
+    const level = logLevelArg(args);
+    const port = (name: string): number => {
+      const v = Number(args.values[name]);
+      if (!Number.isInteger(v) || v < 0 || v > 65535) throw new WardError('WARD_USAGE', `--${name} must be a port number, got "${String(args.values[name])}"`);
+      return v;
+    };
+    const inboundPort = port('inbound-port');
+    const outboundPort = port('outbound-port');
+    const admin = optional(args, 'admin') === undefined ? undefined : adminAddressArg(args);
+    const mode = String(args.values['default-policy']);
+    if (mode !== 'all-authenticated' && mode !== 'deny') throw new WardError('WARD_USAGE', `--default-policy must be all-authenticated or deny, got "${mode}"`);
+    for (const u of ['ca', 'discovery']) {
+      const text = String(args.values[u]);
+      if (!/^https:\/\/[^/]+\/?$/.test(text)) throw new WardError('WARD_USAGE', `--${u} must be https://HOST:PORT, got "${text}"`);
+    }
+    const tokenFile = optional(args, 'token-file');
+    let token = optional(args, 'token') ?? process.env[TOKEN_ENV];
+    if (tokenFile) token = (await readFile(tokenFile, 'utf8')).trim();
+    let bundle: TrustBundle;
+    try {
+      bundle = TrustBundle.fromPem(trustDomain, await readFile(bundleFile, 'utf8'));
+    } catch (err) {
+      throw new WardError('WARD_CONFIG_INVALID', `--bundle ${bundleFile}: ${(err as Error).message}`, { cause: err });
+    }
+    const logger = createLogger({ level });
+    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+    const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const p = new NodeProxy({
+      node,
+      address,
+      inboundPort,
+      outboundPort,
+      admin,
+      caUrl: String(args.values.ca),
+      discoveryUrl: String(args.values.discovery),
+      bundle,
+      joinToken: token,
+      stateDir: optional(args, 'state'),
+      ttl: optional(args, 'ttl'),
+      clusterDomain: String(args.values['cluster-domain']),
+      defaultMode: mode,
+      logger,
+      registry: createRegistry(),
+      clock: systemClock,
+    });
+    try {
+      let a;
+      try {
+        a = await p.start();
+      } catch (err) {
+        throw listenError(err);
+      }
+      io.stderr.write(`ward proxy: node ${node} inbound ${hostText(a.inbound.address)}:${a.inbound.port} admin http://${hostText(a.admin.address)}:${a.admin.port}\n`);
+      const signal = await stopped;
+      io.stderr.write(`ward proxy: ${signal}: draining and stopping\n`);
+      return EXIT_OK;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      await p.close();
+      logger.flush();
+    }
+  },
+};
+
+export const proxyCommands: Command[] = [proxy];

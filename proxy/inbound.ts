@@ -1,0 +1,352 @@
+/**
+ * The inbound side: one mutual-TLS listener per node (ADDRESS:15008) for every local workload.
+ *
+ * Handshake: the client names the destination workload and port in SNI (mesh-view sniFor); the
+ * SNICallback presents that workload's certificate, or fails the handshake when this node holds
+ * none (a workload without a certificate gets no traffic — never plaintext). OpenSSL then
+ * validates the client chain against the bundle (requestCert + rejectUnauthorized), and Ward applies
+ * the X.509-SVID rules (peerIdentity: a CA certificate used as a leaf, two URI SANs, a foreign
+ * trust domain are all refused). A connection lives no longer than its peer's certificate.
+ *
+ * Then by ALPN: 'http/1.1' → each request is normalized once, authorized (DESIGN §6) and forwarded
+ * with the normalized target to the local workload, with the verified source identity in
+ * x-ward-source-identity (any copy that arrived is dropped); 'ward-tcp' → the stream is authorized
+ * as TCP and spliced to the workload's port (denied: closed).
+ *
+ * Authorization: a workload's target port can be reached through several services; the request is
+ * allowed only when it is allowed for every (service, port) that maps to it — a caller cannot pick
+ * the service whose policies suit it.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { connect as netConnect, type AddressInfo } from 'node:net';
+import { constants } from 'node:crypto';
+import { createServer as createTlsServer, type SecureContext, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { Pool } from 'undici';
+import type { Logger } from '../core/logger.js';
+import type { SpiffeId } from '../core/identity/index.js';
+import { normalizeRequest, forwardTarget, type Decision, type DefaultMode, type PolicyRef } from '../core/policy/index.js';
+import { peerIdentity } from '../core/tls/index.js';
+import type { TrustBundle } from '../core/pki/index.js';
+import { endToEndHeaders, forward, hasBody } from './forward.js';
+import { ALPN_HTTP, ALPN_TCP, parseSni, SOURCE_IDENTITY_HEADER, type InboundTarget, type LocalWorkloadView } from './mesh-view.js';
+import { codeClass } from './metrics.js';
+import type { DataPlane } from './outbound.js';
+import { splice } from './outbound.js';
+
+export interface InboundLimits {
+  maxConnections: number;
+  handshakeTimeoutMs: number;
+  maxHeaderBytes: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** Connections to one local workload port. */
+  connectionsPerWorkload: number;
+  connectTimeoutMs: number;
+}
+
+export const DEFAULT_INBOUND_LIMITS: InboundLimits = Object.freeze({
+  maxConnections: 8192,
+  handshakeTimeoutMs: 10_000,
+  maxHeaderBytes: 16 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 300_000,
+  idleTimeoutMs: 120_000,
+  connectionsPerWorkload: 256,
+  connectTimeoutMs: 5_000,
+});
+
+interface ConnContext {
+  peer: SpiffeId;
+  workload: LocalWorkloadView;
+  port: number;
+}
+
+const STRIP_INBOUND: ReadonlySet<string> = new Set([SOURCE_IDENTITY_HEADER]);
+
+export class InboundServer {
+  readonly #dp: DataPlane;
+  readonly #limits: InboundLimits;
+  readonly #log: Logger;
+  readonly #defaultMode: DefaultMode;
+  readonly #tls: TlsServer;
+  readonly #http: HttpServer;
+  readonly #contexts = new WeakMap<object, ConnContext>();
+  /** Plain-HTTP pools to local workloads, by "address:port". */
+  readonly #local = new Map<string, Pool>();
+  readonly #sockets = new Set<TLSSocket>();
+  #closing: Promise<void> | undefined;
+
+  constructor(o: { dataPlane: DataPlane; bundle: TrustBundle; defaultMode: DefaultMode; limits?: Partial<InboundLimits> }) {
+    this.#dp = o.dataPlane;
+    this.#limits = { ...DEFAULT_INBOUND_LIMITS, ...o.limits };
+    this.#log = o.dataPlane.logger.child({ component: 'proxy.inbound' });
+    this.#defaultMode = o.defaultMode;
+    this.#tls = createTlsServer({
+      ...this.#serverContextOptions(o.bundle),
+      requestCert: true,
+      rejectUnauthorized: true,
+      ALPNProtocols: [ALPN_HTTP, ALPN_TCP],
+      handshakeTimeout: this.#limits.handshakeTimeoutMs,
+      SNICallback: (servername, cb) => this.#sni(servername, cb),
+    });
+    this.#tls.maxConnections = this.#limits.maxConnections;
+    this.#tls.on('secureConnection', (socket: TLSSocket) => this.#onSecure(socket));
+    this.#tls.on('tlsClientError', (err: Error & { code?: string }) => {
+      const reason = handshakeReason(err);
+      this.#dp.metrics.handshakeFailures.inc({ direction: 'inbound', reason });
+      this.#log.info({ reason, err: err.message }, 'inbound handshake refused');
+    });
+    this.#http = createHttpServer(
+      {
+        maxHeaderSize: this.#limits.maxHeaderBytes,
+        headersTimeout: this.#limits.headersTimeoutMs,
+        requestTimeout: this.#limits.requestTimeoutMs,
+        keepAliveTimeout: this.#limits.idleTimeoutMs,
+      },
+      (req, res) => this.#onRequest(req, res),
+    );
+    this.#http.maxHeadersCount = 200;
+    this.#http.on('upgrade', (_req: IncomingMessage, socket: TLSSocket) => socket.destroy());
+    this.#http.on('connect', (_req: IncomingMessage, socket: TLSSocket) => socket.destroy());
+  }
+
+  /** Default context: no certificate (a client without SNI fails the handshake), the bundle for client verification. */
+  #serverContextOptions(bundle: TrustBundle): { ca: string; minVersion: 'TLSv1.3'; maxVersion: 'TLSv1.3'; secureOptions: number } {
+    return { ca: bundle.toPem(), minVersion: 'TLSv1.3', maxVersion: 'TLSv1.3', secureOptions: constants.SSL_OP_NO_TICKET };
+  }
+
+  /** A new bundle (root rotation): new handshakes verify clients against it. Open connections keep theirs. */
+  setBundle(bundle: TrustBundle): void {
+    this.#tls.setSecureContext(this.#serverContextOptions(bundle));
+  }
+
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.#tls.once('error', reject);
+      this.#tls.listen({ host, port }, () => {
+        this.#tls.off('error', reject);
+        resolve();
+      });
+    });
+    return this.#tls.address() as AddressInfo;
+  }
+
+  address(): AddressInfo | undefined {
+    return (this.#tls.address() as AddressInfo | null) ?? undefined;
+  }
+
+  /** Drops the pools of local workloads no longer on this node. */
+  retainWorkloads(live: ReadonlySet<string>): void {
+    for (const [k, pool] of this.#local) {
+      if (!live.has(k)) {
+        this.#local.delete(k);
+        void pool.close().catch(() => undefined);
+      }
+    }
+  }
+
+  close(graceMs = 5_000): Promise<void> {
+    this.#closing ??= (async () => {
+      const closed = new Promise<void>((r) => this.#tls.close(() => r()));
+      this.#http.closeIdleConnections();
+      const deadline = setTimeout(() => {
+        for (const s of this.#sockets) s.destroy();
+      }, graceMs);
+      deadline.unref();
+      const drained = new Promise<void>((r) => {
+        const check = (): void => {
+          if (this.#sockets.size === 0) r();
+        };
+        check();
+        for (const s of this.#sockets) s.once('close', check);
+      });
+      this.#http.close();
+      await Promise.all([closed, drained]);
+      clearTimeout(deadline);
+      await Promise.all([...this.#local.values()].map((p) => p.destroy().catch(() => undefined)));
+      this.#local.clear();
+    })();
+    return this.#closing;
+  }
+
+  #sni(servername: string, cb: (err: Error | null, ctx?: SecureContext) => void): void {
+    const t = parseSni(servername);
+    const w = t && this.#dp.view().workloads.get(t.workload);
+    if (!t || !w) return cb(new Error(`no local workload for server name ${JSON.stringify(servername.slice(0, 100))}`));
+    if (!w.ports.includes(t.port)) return cb(new Error(`workload ${w.key} does not listen on port ${t.port}`));
+    const held = this.#dp.identity(w.identity);
+    if (!held) return cb(new Error(`no valid certificate for ${w.key}`));
+    cb(null, held.context);
+  }
+
+  #onSecure(socket: TLSSocket): void {
+    this.#sockets.add(socket);
+    this.#dp.metrics.activeConnections.inc({ direction: 'inbound' });
+    socket.once('close', () => {
+      this.#sockets.delete(socket);
+      this.#dp.metrics.activeConnections.dec({ direction: 'inbound' });
+    });
+    socket.on('error', () => socket.destroy());
+    let peer: SpiffeId | undefined;
+    try {
+      peer = peerIdentity(socket, { trustDomain: this.#dp.view().trustDomain });
+    } catch (err) {
+      this.#refuseConnection(socket, 'svid', (err as Error).message);
+      return;
+    }
+    if (!peer) return this.#refuseConnection(socket, 'no-client-certificate', 'peer presented no certificate');
+    const t = parseSni(socket.servername);
+    const w = t && this.#dp.view().workloads.get(t.workload);
+    if (!t || !w) return this.#refuseConnection(socket, 'unknown-workload', 'destination workload left this node');
+    this.#dp.metrics.connections.inc({ direction: 'inbound', result: 'accepted' });
+    // A connection lives no longer than the peer's certificate: past it the peer must reconnect
+    // (and present a current one). The clock source is the socket's own certificate, not a guess.
+    const notAfter = Date.parse(socket.getPeerCertificate().valid_to);
+    if (Number.isFinite(notAfter)) {
+      const timer = setTimeout(() => socket.destroy(), Math.max(0, Math.min(notAfter - this.#dp.clock.now(), 2 ** 31 - 1)));
+      timer.unref();
+      socket.once('close', () => clearTimeout(timer));
+    }
+    const ctx: ConnContext = { peer, workload: w, port: t.port };
+    if (socket.alpnProtocol === ALPN_TCP) return this.#onTcp(socket, ctx);
+    this.#contexts.set(socket, ctx);
+    this.#http.emit('connection', socket);
+  }
+
+  #refuseConnection(socket: TLSSocket, reason: string, detail: string): void {
+    this.#dp.metrics.handshakeFailures.inc({ direction: 'inbound', reason });
+    this.#log.info({ reason, err: detail, remote: socket.remoteAddress }, 'inbound connection refused');
+    socket.destroy();
+  }
+
+  /** Decides for every (service, port) the target port belongs to; the first denial wins. */
+  #authorize(ctx: ConnContext, targets: readonly InboundTarget[], protocol: 'http' | 'tcp', method?: string, path?: string): Decision {
+    const view = this.#dp.view();
+    const ns = ctx.workload.namespace;
+    if (targets.length === 0) {
+      // Reachable through no service (e.g. a port no service exposes): only namespace-wide policies apply.
+      return view.engine.evaluate({ source: ctx.peer, destination: { namespace: ns, service: '' }, port: ctx.port, protocol, method, path }, this.#defaultMode, view.trustDomain);
+    }
+    let last: Decision | undefined;
+    for (const t of targets) {
+      const d = view.engine.evaluate({ source: ctx.peer, destination: { namespace: t.namespace, service: t.service }, port: t.port, protocol, method, path }, this.#defaultMode, view.trustDomain);
+      if (!d.allowed) return d;
+      last = d;
+    }
+    return last!;
+  }
+
+  #recordDecision(ctx: ConnContext, d: Decision, protocol: 'http' | 'tcp', method?: string, path?: string): void {
+    this.#dp.metrics.authz.inc({ decision: d.allowed ? 'allow' : 'deny', reason: d.reason, protocol });
+    if (!d.allowed) {
+      this.#log.info(
+        { source: ctx.peer.toString(), workload: ctx.workload.key, port: ctx.port, protocol, method, path, reason: d.reason, policy: d.policy as PolicyRef | undefined, rule: d.rule },
+        'request denied by authorization policy',
+      );
+    } else if (d.audit) {
+      this.#log.info({ source: ctx.peer.toString(), workload: ctx.workload.key, method, path, audit: d.audit }, 'request matched an AUDIT policy');
+    }
+  }
+
+  #onTcp(socket: TLSSocket, ctx: ConnContext): void {
+    const targets = this.#dp.view().inboundTargets(ctx.workload.key, ctx.port);
+    const d = this.#authorize(ctx, targets, 'tcp');
+    this.#recordDecision(ctx, d, 'tcp');
+    if (!d.allowed) {
+      this.#dp.metrics.tunnels.inc({ direction: 'inbound', result: 'denied' });
+      socket.destroy();
+      return;
+    }
+    socket.pause();
+    const local = netConnect({ host: ctx.workload.address, port: ctx.port });
+    local.setTimeout(this.#limits.connectTimeoutMs, () => local.destroy(new Error('connect timeout')));
+    local.once('connect', () => {
+      local.setTimeout(0);
+      local.setNoDelay(true);
+      this.#dp.metrics.tunnels.inc({ direction: 'inbound', result: 'established' });
+      splice(socket, local);
+      socket.resume();
+    });
+    local.once('error', (err) => {
+      this.#dp.metrics.tunnels.inc({ direction: 'inbound', result: 'local-failed' });
+      this.#log.warn({ workload: ctx.workload.key, port: ctx.port, err: err.message }, 'local workload refused a stream');
+      socket.destroy();
+    });
+  }
+
+  #reply(res: ServerResponse, status: number, body: string, code?: string): void {
+    this.#dp.metrics.requests.inc({ direction: 'inbound', code: codeClass(status) });
+    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...(code ? { 'x-ward-error': code } : {}) });
+    res.end(body);
+  }
+
+  #onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const ctx = this.#contexts.get(req.socket);
+    if (!ctx) {
+      res.destroy();
+      return;
+    }
+    const method = req.method ?? '';
+    const n = normalizeRequest({ method, host: req.headers.host, path: req.url, port: ctx.port, protocol: 'http' });
+    if (!n.ok) return this.#reply(res, 400, `ward: request refused (${n.reason})\n`, 'WARD_PROXY_REQUEST_INVALID');
+    const targets = this.#dp.view().inboundTargets(ctx.workload.key, ctx.port);
+    const d = this.#authorize(ctx, targets, 'http', n.request.method, n.request.path);
+    this.#recordDecision(ctx, d, 'http', n.request.method, n.request.path);
+    // The body names neither policy nor rule: the caller learns it was denied, the log says why.
+    if (!d.allowed) return this.#reply(res, 403, 'ward: denied by authorization policy\n');
+    const headers = endToEndHeaders(req.headers, STRIP_INBOUND);
+    headers.host = req.headers.host ?? `${ctx.workload.address}:${ctx.port}`;
+    headers[SOURCE_IDENTITY_HEADER] = ctx.peer.toString();
+    const pool = this.#localPool(ctx.workload, ctx.port);
+    const abort = forward(pool, req, res, {
+      method,
+      path: forwardTarget(n.request),
+      headers,
+      body: hasBody(req),
+      headersTimeoutMs: this.#limits.requestTimeoutMs,
+      onHeaders: (status) => this.#dp.metrics.requests.inc({ direction: 'inbound', code: codeClass(status) }),
+      onDone: (err, started) => {
+        if (!err) return;
+        if (started || res.headersSent) {
+          res.destroy();
+          return;
+        }
+        if (res.destroyed) return;
+        this.#log.warn({ workload: ctx.workload.key, port: ctx.port, err: err.message }, 'local workload failed a request');
+        this.#reply(res, 503, `ward: local workload ${ctx.workload.key} is unavailable\n`, 'WARD_PROXY_UPSTREAM_FAILED');
+      },
+    });
+    res.once('close', abort);
+  }
+
+  #localPool(w: LocalWorkloadView, port: number): Pool {
+    const key = `${w.address}:${port}`;
+    let pool = this.#local.get(key);
+    if (!pool) {
+      const host = w.address.includes(':') ? `[${w.address}]` : w.address;
+      pool = new Pool(`http://${host}:${port}`, {
+        connections: this.#limits.connectionsPerWorkload,
+        pipelining: 1,
+        connectTimeout: this.#limits.connectTimeoutMs,
+        headersTimeout: this.#limits.requestTimeoutMs,
+        bodyTimeout: this.#limits.requestTimeoutMs,
+        keepAliveTimeout: 30_000,
+      });
+      this.#local.set(key, pool);
+    }
+    return pool;
+  }
+}
+
+/** A bounded reason for a failed inbound handshake (metric label). */
+function handshakeReason(err: Error & { code?: string }): string {
+  const m = `${err.code ?? ''} ${err.message}`;
+  if (/wrong version number|http request|unknown protocol|packet length too long/i.test(m)) return 'not-tls';
+  if (/no local workload|does not listen|no valid certificate|callback/i.test(m)) return 'unknown-server-name';
+  if (/peer did not return a certificate|certificate required/i.test(m)) return 'no-client-certificate';
+  if (/certificate|verify|unknown ca|issuer/i.test(m)) return 'bad-certificate';
+  if (/version|protocol/i.test(m)) return 'protocol-version';
+  if (/timeout|timed out/i.test(m)) return 'timeout';
+  return 'other';
+}

@@ -1,0 +1,384 @@
+/**
+ * The outbound side: one HTTP-proxy listener per local workload (DESIGN §5, local mode: "each
+ * workload gets its own outbound listener address"), so the listener a connection arrives on says
+ * which workload speaks, and that workload's certificate — never another's — is the client
+ * certificate toward the destination.
+ *
+ * Accepted: absolute-form HTTP/1.1 requests (`http_proxy`), origin-form with a mesh Host,
+ * `CONNECT host:port` (any TCP protocol, tunnelled over mutual TLS), and HTTP/2 with prior
+ * knowledge (h2c; `:authority` names the service). The first bytes of a connection pick the parser.
+ *
+ * Per request: resolve the mesh name (a map lookup), pick an endpoint (power of two choices over
+ * peak-EWMA, locality first), forward on a pooled mTLS connection. A connect/TLS/identity failure
+ * ejects the endpoint and tries another (nothing was sent); an idempotent request without a body
+ * that failed after sending is retried on another endpoint while the retry budget allows.
+ */
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createH2Server, type Http2Server } from 'node:http2';
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Clock } from '../core/clock.js';
+import type { WardErrorCode } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import type { EndpointLease, EndpointSet, RetryBudget } from './balance.js';
+import { endToEndHeaders, forward, hasBody, type DownstreamRequest, type DownstreamResponse } from './forward.js';
+import type { HeldIdentity } from './identity.js';
+import type { MeshView } from './mesh-view.js';
+import { codeClass, type ProxyMetrics } from './metrics.js';
+import { ConnectFailure, type Upstreams } from './upstream.js';
+
+/** What the outbound (and inbound) listeners share with the proxy that runs them. */
+export interface DataPlane {
+  view(): MeshView;
+  identity(identity: string): HeldIdentity | undefined;
+  upstreams: Upstreams;
+  /** The balancer of a service ("service.namespace"), kept in step with the view. */
+  balancer(serviceKey: string): EndpointSet | undefined;
+  budget: RetryBudget;
+  metrics: ProxyMetrics;
+  logger: Logger;
+  clock: Clock;
+}
+
+export interface OutboundLimits {
+  maxConnections: number;
+  /** Requests in flight on one listener; past it: 503 WARD_PROXY_OVERLOADED. */
+  maxPending: number;
+  maxHeaderBytes: number;
+  headersTimeoutMs: number;
+  requestTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** Endpoints tried per request, the first included. */
+  maxAttempts: number;
+}
+
+export const DEFAULT_OUTBOUND_LIMITS: OutboundLimits = Object.freeze({
+  maxConnections: 4096,
+  maxPending: 10_000,
+  maxHeaderBytes: 16 * 1024,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 300_000,
+  idleTimeoutMs: 60_000,
+  maxAttempts: 3,
+});
+
+/** Methods that may be replayed (RFC 9110 §9.2.2). */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
+
+export class OutboundListener {
+  readonly workload: string;
+  readonly identity: string;
+  readonly #dp: DataPlane;
+  readonly #limits: OutboundLimits;
+  readonly #log: Logger;
+  readonly #net: NetServer;
+  readonly #http1: HttpServer;
+  readonly #http2: Http2Server;
+  readonly #sockets = new Set<Socket>();
+  #pending = 0;
+  #closing: Promise<void> | undefined;
+
+  constructor(o: { workload: string; identity: string; dataPlane: DataPlane; limits?: Partial<OutboundLimits> }) {
+    this.workload = o.workload;
+    this.identity = o.identity;
+    this.#dp = o.dataPlane;
+    this.#limits = { ...DEFAULT_OUTBOUND_LIMITS, ...o.limits };
+    this.#log = o.dataPlane.logger.child({ component: 'proxy.outbound', workload: o.workload });
+    const handler = (req: DownstreamRequest, res: DownstreamResponse): void => this.#onRequest(req, res);
+    this.#http1 = createHttpServer(
+      {
+        maxHeaderSize: this.#limits.maxHeaderBytes,
+        headersTimeout: this.#limits.headersTimeoutMs,
+        requestTimeout: this.#limits.requestTimeoutMs,
+        keepAliveTimeout: this.#limits.idleTimeoutMs,
+        // Smuggling-resistant parsing stays on (insecureHTTPParser is false by default).
+      },
+      handler as (req: IncomingMessage, res: ServerResponse) => void,
+    );
+    this.#http1.maxHeadersCount = 200;
+    this.#http1.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onConnect(req, socket, head));
+    this.#http1.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
+      socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+    });
+    this.#http2 = createH2Server({ maxSessionMemory: 10, settings: { maxConcurrentStreams: 256, maxHeaderListSize: this.#limits.maxHeaderBytes } }, handler);
+    this.#net = createNetServer({ pauseOnConnect: false }, (socket) => this.#onSocket(socket));
+    this.#net.maxConnections = this.#limits.maxConnections;
+  }
+
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    await new Promise<void>((resolve, reject) => {
+      this.#net.once('error', reject);
+      this.#net.listen({ host, port }, () => {
+        this.#net.off('error', reject);
+        resolve();
+      });
+    });
+    return this.#net.address() as AddressInfo;
+  }
+
+  address(): AddressInfo | undefined {
+    return (this.#net.address() as AddressInfo | null) ?? undefined;
+  }
+
+  /** Stops accepting, lets requests in flight finish until `graceMs`, then destroys what is left. Idempotent. */
+  close(graceMs = 5_000): Promise<void> {
+    this.#closing ??= (async () => {
+      const closed = new Promise<void>((r) => this.#net.close(() => r()));
+      this.#http1.closeIdleConnections();
+      const deadline = setTimeout(() => {
+        for (const s of this.#sockets) s.destroy();
+      }, graceMs);
+      deadline.unref();
+      const drained = new Promise<void>((r) => {
+        const check = (): void => {
+          if (this.#sockets.size === 0) r();
+        };
+        check();
+        for (const s of this.#sockets) s.once('close', check);
+      });
+      this.#http1.close();
+      await Promise.all([closed, drained]);
+      clearTimeout(deadline);
+    })();
+    return this.#closing;
+  }
+
+  #onSocket(socket: Socket): void {
+    this.#sockets.add(socket);
+    this.#dp.metrics.activeConnections.inc({ direction: 'outbound' });
+    this.#dp.metrics.connections.inc({ direction: 'outbound', result: 'accepted' });
+    socket.once('close', () => {
+      this.#sockets.delete(socket);
+      this.#dp.metrics.activeConnections.dec({ direction: 'outbound' });
+    });
+    socket.setNoDelay(true);
+    socket.on('error', () => socket.destroy());
+    // Idle before the first byte: the HTTP servers' own timeouts start only once they own the socket.
+    socket.setTimeout(this.#limits.headersTimeoutMs, () => socket.destroy());
+    socket.once('data', (chunk: Buffer) => {
+      socket.setTimeout(0);
+      socket.pause();
+      socket.unshift(chunk);
+      const h2 = chunk.length >= H2_PREFACE.length ? chunk.subarray(0, H2_PREFACE.length).equals(H2_PREFACE) : false;
+      (h2 ? this.#http2 : this.#http1).emit('connection', socket);
+      socket.resume();
+    });
+  }
+
+  #reject(res: DownstreamResponse, status: number, code: WardErrorCode, message: string): void {
+    this.#dp.metrics.requests.inc({ direction: 'outbound', code: codeClass(status) });
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const body = `ward: ${message} (${code})\n`;
+    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), 'x-ward-error': code });
+    res.end(body);
+  }
+
+  /** The target of a proxy request: authority and origin-form path. */
+  #target(req: DownstreamRequest): { host: string; port: number; path: string } | { error: string } {
+    const url = req.url ?? '';
+    let authority: string;
+    let path: string;
+    if (url.startsWith('http://')) {
+      const slash = url.indexOf('/', 7);
+      const q = url.indexOf('?', 7);
+      const end = slash === -1 ? (q === -1 ? url.length : q) : q === -1 ? slash : Math.min(slash, q);
+      authority = url.slice(7, end);
+      path = url.slice(end) || '/';
+      if (path.startsWith('?')) path = `/${path}`;
+    } else if (url.startsWith('/')) {
+      authority = String(req.headers[':authority'] ?? req.headers.host ?? '');
+      path = url;
+    } else if (url.startsWith('https://')) {
+      return { error: 'https:// through the proxy: use CONNECT (the mesh encrypts every hop already; send http:// to a mesh name)' };
+    } else {
+      return { error: `request target ${JSON.stringify(url.slice(0, 100))} is not a proxy request (absolute-form http:// URL)` };
+    }
+    const hp = splitHostPort(authority, 80);
+    if (!hp) return { error: `bad authority ${JSON.stringify(authority.slice(0, 100))}` };
+    return { host: hp.host, port: hp.port, path };
+  }
+
+  #onRequest(req: DownstreamRequest, res: DownstreamResponse): void {
+    const t = this.#target(req);
+    if ('error' in t) return this.#reject(res, 400, 'WARD_PROXY_REQUEST_INVALID', t.error);
+    const view = this.#dp.view();
+    const r = view.resolve(t.host, t.port);
+    if (!r.ok) return this.#reject(res, 502, 'WARD_PROXY_UNKNOWN_SERVICE', r.reason);
+    const source = this.#dp.identity(this.identity);
+    if (!source) return this.#reject(res, 503, 'WARD_PROXY_IDENTITY_UNAVAILABLE', `no valid certificate for ${this.workload} (${this.identity}) yet`);
+    const set = this.#dp.balancer(r.key);
+    if (!set || set.size === 0) return this.#reject(res, 503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no endpoints`);
+    if (this.#pending >= this.#limits.maxPending) return this.#reject(res, 503, 'WARD_PROXY_OVERLOADED', 'too many requests in flight');
+    this.#pending++;
+    this.#dp.budget.deposit();
+    const method = req.method ?? 'GET';
+    const body = hasBody(req);
+    const headers = endToEndHeaders(req.headers);
+    headers.host = t.port === 80 ? t.host : `${t.host}:${t.port}`;
+    const replayable = !body && IDEMPOTENT.has(method);
+    const tried = new Set<string>();
+    let abort: (() => void) | undefined;
+    let finished = false;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      this.#pending--;
+    };
+    res.once('close', () => {
+      if (!finished) abort?.();
+      finish();
+    });
+
+    const attempt = (n: number): void => {
+      const lease: EndpointLease | undefined = set.pick(tried);
+      if (!lease) {
+        finish();
+        return n === 1
+          ? this.#reject(res, 503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no healthy endpoint (${set.size} known, all ejected)`)
+          : this.#reject(res, 502, 'WARD_PROXY_UPSTREAM_FAILED', `every endpoint tried for ${r.key} failed`);
+      }
+      tried.add(lease.key);
+      const pool = this.#dp.upstreams.pool(source, lease.endpoint, r.port.targetPort);
+      abort = forward(pool, req, res, {
+        method,
+        path: t.path,
+        headers,
+        body,
+        onHeaders: (status) => {
+          this.#dp.metrics.requests.inc({ direction: 'outbound', code: codeClass(status) });
+          if (status >= 500) lease.fail('response');
+          else lease.succeed();
+        },
+        onDone: (err, started) => {
+          if (!err) return finish();
+          if (started) {
+            finish();
+            res.destroy();
+            return;
+          }
+          if (res.destroyed || res.writableEnded) {
+            lease.cancel();
+            return finish();
+          }
+          const before = err instanceof ConnectFailure || (err as { cause?: unknown }).cause instanceof ConnectFailure;
+          const cf = (err instanceof ConnectFailure ? err : (err as { cause?: unknown }).cause) as ConnectFailure | undefined;
+          lease.fail(before && cf ? cf.kind : 'response');
+          const more = n < this.#limits.maxAttempts;
+          // Nothing was sent: any request may go to another endpoint. Sent: only a replayable one, within the budget.
+          const retry = more && (before || (replayable && this.#dp.budget.tryWithdraw()));
+          if (more && !before && replayable && !retry) this.#dp.metrics.retries.inc({ result: 'budget-exhausted' });
+          this.#log.debug({ err: err.message, endpoint: lease.endpoint.address, attempt: n, retry }, 'upstream attempt failed');
+          if (retry) {
+            this.#dp.metrics.retries.inc({ result: 'retried' });
+            return attempt(n + 1);
+          }
+          finish();
+          const timeout = (err as { code?: string }).code === 'UND_ERR_HEADERS_TIMEOUT';
+          if (timeout) return this.#reject(res, 504, 'WARD_PROXY_TIMEOUT', `${r.key} did not answer in time`);
+          this.#log.warn({ service: r.key, err: err.message }, 'request failed on every endpoint tried');
+          return this.#reject(res, 502, 'WARD_PROXY_UPSTREAM_FAILED', `${r.key}: ${err.message}`);
+        },
+      });
+    };
+    attempt(1);
+  }
+
+  #onConnect(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const refuse = (status: number, code: WardErrorCode, message: string): void => {
+      this.#dp.metrics.tunnels.inc({ direction: 'outbound', result: 'refused' });
+      const body = `ward: ${message} (${code})\n`;
+      socket.end(`HTTP/1.1 ${status} ${status === 502 ? 'Bad Gateway' : status === 400 ? 'Bad Request' : 'Service Unavailable'}\r\ncontent-type: text/plain\r\nx-ward-error: ${code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    };
+    socket.on('error', () => socket.destroy());
+    const hp = splitHostPort(req.url ?? '', undefined);
+    if (!hp) return refuse(400, 'WARD_PROXY_REQUEST_INVALID', `CONNECT target ${JSON.stringify((req.url ?? '').slice(0, 100))} is not host:port`);
+    const view = this.#dp.view();
+    const r = view.resolve(hp.host, hp.port);
+    if (!r.ok) return refuse(502, 'WARD_PROXY_UNKNOWN_SERVICE', r.reason);
+    const source = this.#dp.identity(this.identity);
+    if (!source) return refuse(503, 'WARD_PROXY_IDENTITY_UNAVAILABLE', `no valid certificate for ${this.workload} yet`);
+    const set = this.#dp.balancer(r.key);
+    if (!set || set.size === 0) return refuse(503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no endpoints`);
+    const tried = new Set<string>();
+    socket.pause();
+    const attempt = (n: number): void => {
+      const lease = set.pick(tried);
+      if (!lease) return n === 1 ? refuse(503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no healthy endpoint`) : refuse(502, 'WARD_PROXY_UPSTREAM_FAILED', `every endpoint tried for ${r.key} failed`);
+      tried.add(lease.key);
+      this.#dp.upstreams.tunnel(source, lease.endpoint, r.port.targetPort).then(
+        (up) => {
+          if (socket.destroyed) {
+            lease.cancel();
+            up.destroy();
+            return;
+          }
+          lease.succeed();
+          this.#dp.metrics.tunnels.inc({ direction: 'outbound', result: 'established' });
+          socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+          if (head.length) up.write(head);
+          splice(socket, up);
+          socket.resume();
+        },
+        (err: ConnectFailure) => {
+          lease.fail(err.kind ?? 'connect');
+          if (n < this.#limits.maxAttempts && !socket.destroyed) return attempt(n + 1);
+          refuse(502, 'WARD_PROXY_UPSTREAM_FAILED', `${r.key}: ${err.message}`);
+        },
+      );
+    };
+    attempt(1);
+  }
+}
+
+/**
+ * Joins two sockets both ways with backpressure (pipe pauses the faster side); an error or close
+ * on either end destroys the other, so no half-dead tunnel lingers.
+ */
+export function splice(a: Duplex, b: Duplex): void {
+  a.pipe(b);
+  b.pipe(a);
+  const kill = (): void => {
+    a.destroy();
+    b.destroy();
+  };
+  a.once('error', kill);
+  b.once('error', kill);
+  a.once('close', kill);
+  b.once('close', kill);
+}
+
+/** "host:port" / "[v6]:port" / "host" (with a default port) → parts; undefined when malformed. */
+export function splitHostPort(authority: string, defaultPort: number | undefined): { host: string; port: number } | undefined {
+  if (authority.length === 0 || authority.length > 300) return undefined;
+  let host: string;
+  let portText: string | undefined;
+  if (authority.startsWith('[')) {
+    const close = authority.indexOf(']');
+    if (close === -1) return undefined;
+    host = authority.slice(1, close);
+    const rest = authority.slice(close + 1);
+    if (rest.length) {
+      if (!rest.startsWith(':')) return undefined;
+      portText = rest.slice(1);
+    }
+  } else {
+    const colon = authority.lastIndexOf(':');
+    if (colon === -1) host = authority;
+    else {
+      host = authority.slice(0, colon);
+      portText = authority.slice(colon + 1);
+    }
+  }
+  let port = defaultPort;
+  if (portText !== undefined) {
+    if (!/^[0-9]{1,5}$/.test(portText)) return undefined;
+    port = Number(portText);
+  }
+  if (port === undefined || port < 1 || port > 65535 || host.length === 0) return undefined;
+  return { host, port };
+}
