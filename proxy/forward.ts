@@ -65,13 +65,28 @@ export interface ForwardOptions {
   /** Stream the downstream request body (false: send none). */
   body: boolean;
   headersTimeoutMs?: number;
-  /** Response headers: return extra headers to add (or undefined). */
+  /** The response status arrived (before it is written downstream). */
   onHeaders?: (status: number) => void;
+  /**
+   * Return true to discard this response instead of writing it downstream: the request ends with
+   * a DiscardedResponse error (started = false), so the caller may answer or retry itself.
+   */
+  discard?: (status: number, headers: IncomingHttpHeaders) => boolean;
   /**
    * Called once: err undefined = the response was fully sent. `started` = the response status was
    * already written downstream (so the caller can no longer answer or retry).
    */
   onDone: (err: Error | undefined, started: boolean) => void;
+}
+
+/** The error a request ends with when `discard` refused its response. */
+export class DiscardedResponse extends Error {
+  readonly status: number;
+  constructor(status: number) {
+    super(`response ${status} discarded`);
+    this.name = 'DiscardedResponse';
+    this.status = status;
+  }
 }
 
 const RESPONSE_STRIP: ReadonlySet<string> = new Set();
@@ -101,6 +116,10 @@ export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: Dow
     onResponseStart(c, status, headers) {
       controller = c;
       if (status < 200) return; // 1xx: informational, not forwarded (100-continue is handled by Node)
+      if (o.discard?.(status, headers)) {
+        c.abort(new DiscardedResponse(status));
+        return;
+      }
       started = true;
       o.onHeaders?.(status);
       const out = endToEndHeaders(headers, RESPONSE_STRIP) as OutgoingHttpHeaders;

@@ -28,7 +28,7 @@ import { normalizeRequest, forwardTarget, type Decision, type DefaultMode, type 
 import { peerIdentity } from '../core/tls/index.js';
 import type { TrustBundle } from '../core/pki/index.js';
 import { endToEndHeaders, forward, hasBody } from './forward.js';
-import { ALPN_HTTP, ALPN_TCP, parseSni, SOURCE_IDENTITY_HEADER, type InboundTarget, type LocalWorkloadView } from './mesh-view.js';
+import { ALPN_HTTP, ALPN_TCP, NOT_FORWARDED_HEADER, parseSni, SOURCE_IDENTITY_HEADER, type InboundTarget, type LocalWorkloadView } from './mesh-view.js';
 import { codeClass } from './metrics.js';
 import type { DataPlane } from './outbound.js';
 import { splice } from './outbound.js';
@@ -241,7 +241,7 @@ export class InboundServer {
     this.#dp.metrics.authz.inc({ decision: d.allowed ? 'allow' : 'deny', reason: d.reason, protocol });
     if (!d.allowed) {
       this.#log.info(
-        { source: ctx.peer.toString(), workload: ctx.workload.key, port: ctx.port, protocol, method, path, reason: d.reason, policy: d.policy as PolicyRef | undefined, rule: d.rule },
+        { source: ctx.peer.toString(), workload: ctx.workload.key, port: ctx.port, protocol, method, path, reason: d.reason, policy: d.policy as PolicyRef | undefined, rule: d.rule, ...(d.candidates ? { allowPolicies: d.candidates } : {}) },
         'request denied by authorization policy',
       );
     } else if (d.audit) {
@@ -275,9 +275,14 @@ export class InboundServer {
     });
   }
 
-  #reply(res: ServerResponse, status: number, body: string, code?: string): void {
+  #reply(res: ServerResponse, status: number, body: string, code?: string, notForwarded = false): void {
     this.#dp.metrics.requests.inc({ direction: 'inbound', code: codeClass(status) });
-    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...(code ? { 'x-ward-error': code } : {}) });
+    res.writeHead(status, {
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(body),
+      ...(code ? { 'x-ward-error': code } : {}),
+      ...(notForwarded ? { [NOT_FORWARDED_HEADER]: '1' } : {}),
+    });
     res.end(body);
   }
 
@@ -314,7 +319,11 @@ export class InboundServer {
         }
         if (res.destroyed) return;
         this.#log.warn({ workload: ctx.workload.key, port: ctx.port, err: err.message }, 'local workload failed a request');
-        this.#reply(res, 503, `ward: local workload ${ctx.workload.key} is unavailable\n`, 'WARD_PROXY_UPSTREAM_FAILED');
+        // 503 + NOT_FORWARDED_HEADER: the workload never got the request (nothing listens, or the
+        // connection could not be made), so the calling proxy may send it to another endpoint.
+        // 502: it failed after receiving it (nothing may be replayed but idempotent requests).
+        if (notReached(err)) return this.#reply(res, 503, `ward: local workload ${ctx.workload.key} is unavailable\n`, 'WARD_PROXY_UPSTREAM_FAILED', true);
+        this.#reply(res, 502, `ward: local workload ${ctx.workload.key} failed the request\n`, 'WARD_PROXY_UPSTREAM_FAILED');
       },
     });
     res.once('close', abort);
@@ -337,6 +346,12 @@ export class InboundServer {
     }
     return pool;
   }
+}
+
+/** Whether a failure to reach the local workload happened before it got any byte of the request. */
+function notReached(err: Error & { code?: string }): boolean {
+  const code = err.code ?? (err.cause as { code?: string } | undefined)?.code;
+  return code === 'ECONNREFUSED' || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH';
 }
 
 /** A bounded reason for a failed inbound handshake (metric label). */

@@ -200,3 +200,9 @@ export const ALPN_TCP = 'ward-tcp';
 
 /** The header carrying the verified source identity to the application (always stripped from what arrives). */
 export const SOURCE_IDENTITY_HEADER = 'x-ward-source-identity';
+
+/**
+ * Set by an inbound proxy on a 503 when the local workload never received the request (nothing
+ * listening): the calling proxy may then retry on another endpoint like a connect failure.
+ */
+export const NOT_FORWARDED_HEADER = 'x-ward-not-forwarded';

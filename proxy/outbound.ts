@@ -21,9 +21,9 @@ import type { Clock } from '../core/clock.js';
 import type { WardErrorCode } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import type { EndpointLease, EndpointSet, RetryBudget } from './balance.js';
-import { endToEndHeaders, forward, hasBody, type DownstreamRequest, type DownstreamResponse } from './forward.js';
+import { DiscardedResponse, endToEndHeaders, forward, hasBody, type DownstreamRequest, type DownstreamResponse } from './forward.js';
 import type { HeldIdentity } from './identity.js';
-import type { MeshView } from './mesh-view.js';
+import { NOT_FORWARDED_HEADER, type MeshView } from './mesh-view.js';
 import { codeClass, type ProxyMetrics } from './metrics.js';
 import { ConnectFailure, type Upstreams } from './upstream.js';
 
@@ -249,6 +249,9 @@ export class OutboundListener {
         path: t.path,
         headers,
         body,
+        // The destination proxy could not reach its workload (503 + not-forwarded): the endpoint is
+        // down as surely as if the connection had failed, and the request went nowhere.
+        discard: (status, h) => status === 503 && h[NOT_FORWARDED_HEADER] === '1' && n < this.#limits.maxAttempts && !body,
         onHeaders: (status) => {
           this.#dp.metrics.requests.inc({ direction: 'outbound', code: codeClass(status) });
           if (status >= 500) lease.fail('response');
@@ -265,9 +268,10 @@ export class OutboundListener {
             lease.cancel();
             return finish();
           }
-          const before = err instanceof ConnectFailure || (err as { cause?: unknown }).cause instanceof ConnectFailure;
           const cf = (err instanceof ConnectFailure ? err : (err as { cause?: unknown }).cause) as ConnectFailure | undefined;
-          lease.fail(before && cf ? cf.kind : 'response');
+          const notForwarded = err instanceof DiscardedResponse;
+          const before = cf instanceof ConnectFailure || notForwarded;
+          lease.fail(cf instanceof ConnectFailure ? cf.kind : notForwarded ? 'connect' : 'response');
           const more = n < this.#limits.maxAttempts;
           // Nothing was sent: any request may go to another endpoint. Sent: only a replayable one, within the budget.
           const retry = more && (before || (replayable && this.#dp.budget.tryWithdraw()));

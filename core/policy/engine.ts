@@ -55,6 +55,8 @@ export interface Decision {
   readonly policy?: PolicyRef;
   /** Index of the deciding rule in that policy's spec.rules. */
   readonly rule?: number;
+  /** For 'no-allow-match': the ALLOW policies that select the destination, none of which matched. */
+  readonly candidates?: readonly PolicyRef[];
   /** AUDIT policies that matched (first matching rule of each); absent when none did. */
   readonly audit?: readonly AuditMatch[];
 }
@@ -89,6 +91,8 @@ interface Selection {
   readonly deny: readonly CompiledPolicy[];
   readonly allow: readonly CompiledPolicy[];
   readonly audit: readonly CompiledPolicy[];
+  /** The 'no-allow-match' decision of this selection, naming its ALLOW policies (built once). */
+  readonly noAllowMatch: Decision;
 }
 
 interface NamespaceIndex {
@@ -98,12 +102,11 @@ interface NamespaceIndex {
   readonly byService: ReadonlyMap<string, Selection>;
 }
 
-const EMPTY_SELECTION: Selection = Object.freeze({ deny: [], allow: [], audit: [] });
+const EMPTY_SELECTION: Selection = Object.freeze({ deny: [], allow: [], audit: [], noAllowMatch: Object.freeze({ allowed: false, reason: 'no-allow-match' }) as Decision });
 
 const DEFAULT_ALLOW: Decision = Object.freeze({ allowed: true, reason: 'default-allow' });
 const DEFAULT_DENY: Decision = Object.freeze({ allowed: false, reason: 'default-deny' });
 const UNAUTHENTICATED: Decision = Object.freeze({ allowed: false, reason: 'unauthenticated' });
-const NO_ALLOW_MATCH: Decision = Object.freeze({ allowed: false, reason: 'no-allow-match' });
 
 function compile(policy: AuthorizationPolicy): CompiledPolicy {
   const rules = policy.spec.rules.map((r): CompiledRule => {
@@ -125,10 +128,12 @@ function compile(policy: AuthorizationPolicy): CompiledPolicy {
 }
 
 function select(policies: readonly CompiledPolicy[]): Selection {
+  const allow = policies.filter((p) => p.action === 'ALLOW');
   return {
     deny: policies.filter((p) => p.action === 'DENY'),
-    allow: policies.filter((p) => p.action === 'ALLOW'),
+    allow,
     audit: policies.filter((p) => p.action === 'AUDIT'),
+    noAllowMatch: Object.freeze({ allowed: false, reason: 'no-allow-match', candidates: Object.freeze(allow.map((p) => p.ref)) }),
   };
 }
 
@@ -263,7 +268,7 @@ export class PolicyEngine {
         const i = firstMatch(p, s, false);
         if (i !== -1) return decide({ allowed: true, reason: 'allow-policy', policy: p.ref, rule: i });
       }
-      return decide(NO_ALLOW_MATCH);
+      return decide(sel.noAllowMatch);
     }
     if (defaultMode === 'all-authenticated' && source.trustDomain === trustDomain) return decide(DEFAULT_ALLOW);
     return decide(DEFAULT_DENY);
