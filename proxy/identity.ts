@@ -250,11 +250,16 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
   /**
    * Loads a saved node identity (stateDir) that is still valid and from a CA in the bundle, else
    * joins with the token. Then schedules node renewal and obtains the wanted workload identities.
-   * Throws WARD_PROXY_JOIN_FAILED with a clear message. Idempotent (a second call joins the first).
+   * Throws WARD_PROXY_JOIN_FAILED with a clear message. A call while one is running joins it; after
+   * a failure start() may be called again (the caller owns the retry policy; a token the CA has
+   * answered once is never sent again).
    */
   start(): Promise<void> {
     if (this.#closed) return Promise.reject(new WardError('WARD_PROXY_JOIN_FAILED', 'the identity manager is closed'));
-    this.#starting ??= this.#start();
+    this.#starting ??= this.#start().catch((err: unknown) => {
+      this.#starting = undefined;
+      throw err;
+    });
     return this.#starting;
   }
 
@@ -267,6 +272,9 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     } else {
       if (this.#joinToken === undefined) {
         throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId}: no join token was given and ${saved.reason}`);
+      }
+      if (this.#tokenSpent) {
+        throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId}: the CA has already answered a join with this token (tokens are one-time); create a new one with \`ward token create\``);
       }
       if (this.#stateDir !== undefined) this.#log.info({ reason: saved.reason }, 'no usable saved node identity; joining with the token');
       try {
@@ -315,7 +323,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     for (const slot of [this.#node, ...this.#workloads.values()]) {
       const held = this.#valid(slot);
       if (!held) continue;
-      slot.held = hold(held.id, { key: held.credentials.key, chainPem: held.credentials.chainPem, leaf: undefined }, held, b);
+      slot.held = hold(held.id, held.credentials.key, held.credentials.chainPem, held, b);
       changed.push(slot.name);
     }
     for (const name of changed) this.#emit('change', name);
@@ -478,7 +486,8 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
 
   #install(slot: Slot, issued: Issued): void {
     const renewal = slot.held !== undefined;
-    const held = hold(slot.id, issued, undefined, this.#bundle);
+    const { key, chainPem, leaf } = issued;
+    const held = hold(slot.id, key, chainPem, { serial: leaf.serialHex, notBefore: leaf.notBefore, notAfter: leaf.notAfter }, this.#bundle);
     slot.held = held;
     slot.failures = 0;
     slot.lastError = undefined;
@@ -662,11 +671,14 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
         agent: false,
         signal: this.#abort.signal,
       });
-      const timer = this.#arm(
-        () => req.destroy(new WardError('WARD_CA_UNREACHABLE', `no answer from the CA within ${CA_REQUEST_TIMEOUT_MS} ms`)),
-        CA_REQUEST_TIMEOUT_MS,
-      );
-      req.once('error', (err) => settle(isWardError(err) ? err : new WardError('WARD_CA_UNREACHABLE', `the CA at ${this.#url.host} could not be reached: ${err.message}`, { cause: err })));
+      // Why this side destroyed the request: the request then errors with a generic message.
+      let timedOut: WardError | undefined;
+      const timer = this.#arm(() => {
+        timedOut = new WardError('WARD_CA_UNREACHABLE', `no answer from the CA at ${this.#url.host} within ${CA_REQUEST_TIMEOUT_MS} ms`);
+        req.destroy(timedOut);
+      }, CA_REQUEST_TIMEOUT_MS);
+      // TCP, TLS and secure naming (a server that is not spiffe://TD/ward/ca) all fail here.
+      req.once('error', (err) => settle(timedOut ?? new WardError('WARD_CA_UNREACHABLE', `the CA at ${this.#url.host} could not be reached or verified: ${err.message}`, { cause: err })));
       req.once('response', (res) => {
         onAnswer?.();
         res.on('error', () => undefined);
@@ -764,24 +776,19 @@ function newSlot(id: SpiffeId, isNode: boolean): Slot {
   return { id, name: id.toString(), isNode, failures: 0, renewals: 0 };
 }
 
-/**
- * The HeldIdentity for a certificate and a bundle: the one secure context is built here, once.
- * `previous` supplies the parsed fields when only the bundle changes.
- */
-function hold(id: SpiffeId, issued: { key: PrivateKey; chainPem: string; leaf: Certificate | undefined }, previous: HeldIdentity | undefined, bundle: TrustBundle): HeldIdentity {
-  const credentials: Credentials = Object.freeze({ id, chainPem: issued.chainPem, key: issued.key, bundle });
+/** The HeldIdentity for a certificate and a bundle: the one secure context is built here, once. */
+function hold(
+  id: SpiffeId,
+  key: PrivateKey,
+  chainPem: string,
+  v: { serial: string; notBefore: Date; notAfter: Date },
+  bundle: TrustBundle,
+): HeldIdentity {
+  const credentials: Credentials = Object.freeze({ id, chainPem, key, bundle });
   // meshServerOptions: TLS 1.3 only, chain + key, ca = bundle, SSL_OP_NO_TICKET. Its requestCert /
   // rejectUnauthorized belong to the server object, not the context; createSecureContext ignores them.
   const context = createSecureContext(meshServerOptions(credentials, { requireClientCert: true }));
-  const leaf = issued.leaf;
-  return Object.freeze({
-    id,
-    credentials,
-    context,
-    serial: leaf ? leaf.serialHex : previous!.serial,
-    notBefore: leaf ? leaf.notBefore : previous!.notBefore,
-    notAfter: leaf ? leaf.notAfter : previous!.notAfter,
-  });
+  return Object.freeze({ id, credentials, context, serial: v.serial, notBefore: v.notBefore, notAfter: v.notAfter });
 }
 
 /** A chain is usable for `key` as `expectedId`: it verifies against `bundle` at `now`, leaf holds our key. */

@@ -5,7 +5,7 @@
  *
  * HTTP goes through one undici Pool per (source certificate, endpoint, SNI): connections are kept
  * alive and reused, so steady traffic pays no handshake per request. The pool key includes the
- * source certificate's serial, so a renewed certificate gets fresh connections while the old pool
+ * source certificate (the HeldIdentity object: a renewal or a new trust bundle makes a new one), so a renewed certificate gets fresh connections while the old pool
  * is closed gracefully (its in-flight requests finish; nothing is dropped). Every connection uses
  * the one SecureContext built for its certificate (no per-connection context: ~1.5× client CPU).
  *
@@ -62,7 +62,8 @@ export function classifyConnectError(err: unknown): Exclude<FailureKind, 'respon
 
 interface PoolEntry {
   pool: Pool;
-  serial: string;
+  /** The certificate + context the pool's connections use; a renewal or a new bundle makes a new one. */
+  held: HeldIdentity;
   source: string;
 }
 
@@ -97,9 +98,10 @@ export class Upstreams {
     const sni = sniFor(ep.workload, port);
     const key = `${source.id} ${ep.address} ${sni} ${ep.identity}`;
     const cur = this.#pools.get(key);
-    if (cur && cur.serial === source.serial) return cur.pool;
+    if (cur && cur.held === source) return cur.pool;
     if (cur) {
-      // The source certificate was renewed: new connections carry the new one; the old pool
+      // The source certificate was renewed (or rebuilt for a new bundle): new connections carry the
+      // new one; the old pool
       // finishes what it has in flight and closes.
       void cur.pool.close().catch(() => undefined);
     }
@@ -120,7 +122,7 @@ export class Upstreams {
         );
       },
     });
-    this.#pools.set(key, { pool, serial: source.serial, source: source.id.toString() });
+    this.#pools.set(key, { pool, held: source, source: source.id.toString() });
     return pool;
   }
 
