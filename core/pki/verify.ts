@@ -21,8 +21,10 @@
  * verifySvid composes the two against a TrustBundle.
  */
 import { createPublicKey, webcrypto } from 'node:crypto';
-import * as asn1js from 'asn1js';
-import * as pkijs from 'pkijs';
+// Types only at load: pkijs and asn1js (~20 MB resident) are loaded on the first path validation,
+// so processes that only use the TLS-time checks (node proxies: checkSvidLeaf) never load them.
+import type * as asn1js from 'asn1js';
+import type * as pkijs from 'pkijs';
 import { SpiffeId } from '../identity/spiffe-id.js';
 import type { Certificate } from './certificate.js';
 import type { TrustBundle } from './trust-bundle.js';
@@ -164,10 +166,20 @@ const MIN_RSA_BITS = 2048;
 
 // pkijs is given node's WebCrypto explicitly on every call, so Ward never depends on (or mutates)
 // pkijs' process-global engine. The engine object is immutable configuration, built once.
-const cryptoEngine = new pkijs.CryptoEngine({
-  name: 'node-webcrypto',
-  crypto: webcrypto as unknown as ConstructorParameters<typeof pkijs.CryptoEngine>[0]['crypto'],
-});
+let ASN1: typeof asn1js;
+let PKI: typeof pkijs;
+let cryptoEngine: pkijs.CryptoEngine;
+
+async function loadPkijs(): Promise<void> {
+  if (PKI) return;
+  const [a, p] = await Promise.all([import('asn1js'), import('pkijs')]);
+  ASN1 = a;
+  PKI = p;
+  cryptoEngine = new p.CryptoEngine({
+    name: 'node-webcrypto',
+    crypto: webcrypto as unknown as ConstructorParameters<typeof pkijs.CryptoEngine>[0]['crypto'],
+  });
+}
 
 // ---------------------------------------------------------------------------------------------
 // Per-certificate facts, parsed once per validatePath call
@@ -217,7 +229,7 @@ function bytes(view: ArrayBuffer | Uint8Array): Buffer {
 /** Decodes one extension value; a value that is not exactly one well-formed element is refused. */
 function decodeExtension(ext: pkijs.Extension): { ok: true; value: any } | { ok: false } {
   const raw = ext.extnValue.valueBlock.valueHexView;
-  const asn = asn1js.fromBER(raw);
+  const asn = ASN1.fromBER(raw);
   if (asn.offset === -1 || asn.offset !== raw.byteLength) return { ok: false };
   let value: any;
   try {
@@ -231,11 +243,11 @@ function decodeExtension(ext: pkijs.Extension): { ok: true; value: any } | { ok:
 
 function parse(cert: Certificate, role: string): Parsed | Failure {
   const der = Buffer.from(cert.der);
-  const top = asn1js.fromBER(der);
+  const top = ASN1.fromBER(der);
   if (top.offset === -1 || top.offset !== der.length) return fail('malformed', `${role} certificate is not a single DER element`);
   let pk: pkijs.Certificate;
   try {
-    pk = new pkijs.Certificate({ schema: top.result });
+    pk = new PKI.Certificate({ schema: top.result });
   } catch (err) {
     return fail('malformed', `${role} certificate does not parse: ${(err as Error).message}`);
   }
@@ -817,7 +829,7 @@ async function evaluate(ctx: SearchContext, path: Parsed[]): Promise<Failure | u
 async function runPkijs(ctx: SearchContext, path: Parsed[]): Promise<Failure | undefined> {
   const order = new Map<pkijs.Certificate, number>();
   path.forEach((p, i) => order.set(p.pk, i));
-  const engine = new pkijs.CertificateChainValidationEngine({
+  const engine = new PKI.CertificateChainValidationEngine({
     trustedCerts: [path[path.length - 1].pk],
     // pkijs takes the last element as the leaf.
     certs: [...path.slice(1, -1).map((p) => p.pk).reverse(), path[0].pk],
@@ -862,6 +874,7 @@ async function runPkijs(ctx: SearchContext, path: Parsed[]): Promise<Failure | u
  * A leaf that is itself one of the roots yields the one-element path [leaf]; verifySvid refuses it.
  */
 export async function validatePath(o: ValidatePathOptions): Promise<PathResult> {
+  await loadPkijs();
   const maxDepth = Math.max(0, Math.min(o.maxDepth ?? DEFAULT_MAX_DEPTH, MAX_PATH_INTERMEDIATES));
   if (!(o.at instanceof Date) || Number.isNaN(o.at.getTime())) throw new TypeError('validatePath: `at` must be a valid Date');
   if (o.intermediates.length > MAX_INTERMEDIATES_INPUT) {
