@@ -9,6 +9,7 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { Dispatcher } from 'undici';
+import { NOT_FORWARDED_HEADER } from './mesh-view.js';
 
 export type DownstreamRequest = IncomingMessage | Http2ServerRequest;
 export type DownstreamResponse = ServerResponse | Http2ServerResponse;
@@ -89,7 +90,11 @@ export class DiscardedResponse extends Error {
   }
 }
 
-const RESPONSE_STRIP: ReadonlySet<string> = new Set();
+/**
+ * Mesh-internal response headers an application must not be able to set: a workload answering
+ * 503 + x-ward-not-forwarded would make calling proxies replay requests it did receive.
+ */
+const RESPONSE_STRIP: ReadonlySet<string> = new Set([NOT_FORWARDED_HEADER]);
 
 /** Forwards one request; returns an abort function (the downstream went away). */
 export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: DownstreamResponse, o: ForwardOptions): () => void {

@@ -86,16 +86,22 @@ export class InboundServer {
       ...this.#serverContextOptions(o.bundle),
       requestCert: true,
       rejectUnauthorized: true,
+      // A TCP stream's client may half-close and still wait for the answer (see splice).
+      allowHalfOpen: true,
       ALPNProtocols: [ALPN_HTTP, ALPN_TCP],
       handshakeTimeout: this.#limits.handshakeTimeoutMs,
       SNICallback: (servername, cb) => this.#sni(servername, cb),
     });
     this.#tls.maxConnections = this.#limits.maxConnections;
     this.#tls.on('secureConnection', (socket: TLSSocket) => this.#onSecure(socket));
-    this.#tls.on('tlsClientError', (err: Error & { code?: string }) => {
-      const reason = handshakeReason(err);
+    this.#tls.on('tlsClientError', (err: Error & { code?: string }, socket?: TLSSocket) => {
+      // A client certificate that does not verify against the bundle is dropped by Node itself after
+      // the handshake (rejectUnauthorized): all that arrives here is a generic "socket hang up", and
+      // the verification error is on the socket.
+      const verifyError = socket?.authorizationError as unknown;
+      const reason = verifyError ? 'bad-certificate' : handshakeReason(err);
       this.#dp.metrics.handshakeFailures.inc({ direction: 'inbound', reason });
-      this.#log.info({ reason, err: err.message }, 'inbound handshake refused');
+      this.#log.info({ reason, err: verifyError ? `client certificate did not verify: ${String(verifyError)}` : err.message }, 'inbound handshake refused');
     });
     this.#http = createHttpServer(
       {
@@ -259,7 +265,7 @@ export class InboundServer {
       return;
     }
     socket.pause();
-    const local = netConnect({ host: ctx.workload.address, port: ctx.port });
+    const local = netConnect({ host: ctx.workload.address, port: ctx.port, allowHalfOpen: true });
     local.setTimeout(this.#limits.connectTimeoutMs, () => local.destroy(new Error('connect timeout')));
     local.once('connect', () => {
       local.setTimeout(0);

@@ -36,6 +36,8 @@ export type Resolution =
   | { readonly ok: false; readonly reason: string };
 
 const EMPTY_TARGETS: readonly InboundTarget[] = Object.freeze([]);
+/** "ip:port" or "[v6]:port" (endpoints carry addresses, never names). */
+const ADDRESS_RE = /^(?:[0-9.]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$/;
 
 export class MeshView {
   readonly version: number;
@@ -65,7 +67,7 @@ export class MeshView {
     this.workloads = o.workloads;
     this.engine = o.engine;
     this.bundle = o.bundle;
-    this.#clusterSuffix = `.svc.${o.clusterDomain}`;
+    this.#clusterSuffix = `.svc.${o.clusterDomain.toLowerCase()}`;
     const targets = new Map<string, InboundTarget[]>();
     for (const svc of o.services.values()) {
       for (const ep of svc.endpoints) {
@@ -101,10 +103,12 @@ export class MeshView {
             throw new Error(`endpoints ${r.key}: malformed`);
           }
           for (const p of v.ports) {
-            if (!validPort(p.port) || !validPort(p.targetPort) || (p.protocol !== 'http' && p.protocol !== 'tcp')) throw new Error(`endpoints ${r.key}: bad port ${JSON.stringify(p)}`);
+            if (!p || !validPort(p.port) || !validPort(p.targetPort) || (p.protocol !== 'http' && p.protocol !== 'tcp')) throw new Error(`endpoints ${r.key}: bad port ${JSON.stringify(p)}`);
           }
           for (const e of v.endpoints) {
-            if (typeof e.address !== 'string' || typeof e.workload !== 'string' || typeof e.node !== 'string') throw new Error(`endpoints ${r.key}: malformed endpoint`);
+            if (!e || typeof e.address !== 'string' || typeof e.workload !== 'string' || typeof e.node !== 'string') throw new Error(`endpoints ${r.key}: malformed endpoint`);
+            if (!ADDRESS_RE.test(e.address) || !validPort(Number(e.address.slice(e.address.lastIndexOf(':') + 1)))) throw new Error(`endpoints ${r.key}: endpoint address ${JSON.stringify(e.address)} is not ip:port`);
+            if (!/^[a-z0-9-]+\/[A-Za-z0-9._-]+$/.test(e.workload)) throw new Error(`endpoints ${r.key}: endpoint workload ${JSON.stringify(e.workload)} is not namespace/name`);
             // Secure naming needs a valid identity of this trust domain on every endpoint.
             const id = SpiffeId.tryParse(e.identity);
             if (!id || !id.memberOf(o.trustDomain)) throw new Error(`endpoints ${r.key}: endpoint ${e.address} has no valid identity of ${o.trustDomain}`);
@@ -117,6 +121,7 @@ export class MeshView {
           if (!v || typeof v.name !== 'string' || typeof v.namespace !== 'string' || typeof v.address !== 'string' || !Array.isArray(v.ports)) {
             throw new Error(`workload ${r.key}: malformed`);
           }
+          if (!v.ports.every(validPort)) throw new Error(`workload ${r.key}: ports must be 1..65535`);
           const id = SpiffeId.tryParse(v.identity);
           if (!id || !id.memberOf(o.trustDomain) || !id.workload) throw new Error(`workload ${r.key}: identity ${JSON.stringify(v.identity)} is not a workload identity of ${o.trustDomain}`);
           const key = `${v.namespace}/${v.name}`;

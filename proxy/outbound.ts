@@ -66,6 +66,7 @@ export const DEFAULT_OUTBOUND_LIMITS: OutboundLimits = Object.freeze({
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
+const HOST_RE = /^[A-Za-z0-9_.-]+$/;
 
 export class OutboundListener {
   readonly workload: string;
@@ -103,7 +104,9 @@ export class OutboundListener {
       socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#http2 = createH2Server({ maxSessionMemory: 10, settings: { maxConcurrentStreams: 256, maxHeaderListSize: this.#limits.maxHeaderBytes } }, handler);
-    this.#net = createNetServer({ pauseOnConnect: false }, (socket) => this.#onSocket(socket));
+    // allowHalfOpen: a CONNECT client may finish sending (FIN) and still wait for the answer; the
+    // HTTP servers end their sockets themselves, so it changes nothing for plain requests.
+    this.#net = createNetServer({ allowHalfOpen: true }, (socket) => this.#onSocket(socket));
     this.#net.maxConnections = this.#limits.maxConnections;
   }
 
@@ -162,8 +165,15 @@ export class OutboundListener {
       socket.pause();
       socket.unshift(chunk);
       const h2 = chunk.length >= H2_PREFACE.length ? chunk.subarray(0, H2_PREFACE.length).equals(H2_PREFACE) : false;
-      (h2 ? this.#http2 : this.#http1).emit('connection', socket);
-      socket.resume();
+      if (h2) {
+        // The HTTP/2 session reads the socket's native handle itself and takes what is already
+        // buffered (the unshifted chunk) on the next tick. Resuming here would start a second reader
+        // on that handle: the session then fails at once with GOAWAY INTERNAL_ERROR.
+        this.#http2.emit('connection', socket);
+      } else {
+        this.#http1.emit('connection', socket);
+        socket.resume();
+      }
     });
   }
 
@@ -377,6 +387,8 @@ export function splitHostPort(authority: string, defaultPort: number | undefined
       host = authority.slice(0, colon);
       portText = authority.slice(colon + 1);
     }
+    // A name or an IPv4 address: no second colon, userinfo, spaces or other delimiters.
+    if (!HOST_RE.test(host)) return undefined;
   }
   let port = defaultPort;
   if (portText !== undefined) {
