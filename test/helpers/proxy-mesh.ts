@@ -5,9 +5,12 @@
  *
  * Each mesh gets its own 127.x.y.0/24 block, so test files running in parallel never share an
  * address: nodes are .1, .2, ...; workloads .101, .102, ... Every process, server and temp dir is
- * gone when the current test finishes. Tests only.
+ * gone when the current test finishes — or, with `{ cleanup: 'manual' }` (a mesh shared by the
+ * tests of a describe, started in beforeAll), when the caller awaits `mesh.close()` (in afterAll).
+ * Tests only.
  */
-import { once } from 'node:events';
+import { spawn } from 'node:child_process';
+import { EventEmitter, once } from 'node:events';
 import { mkdtemp, rm, writeFile, rename } from 'node:fs/promises';
 import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from 'node:http';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
@@ -15,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { onTestFinished, vi } from 'vitest';
 import { stringify } from 'yaml';
-import { exited, spawnWard, stderrMatch, ward } from './cli.js';
+import { exited, REPO_ROOT, spawnWard, stderrMatch, ward } from './cli.js';
 
 export const TD = 'cluster.local';
 export const IDENTITY_HEADER = 'x-ward-source-identity';
@@ -83,6 +86,39 @@ export interface RunningMesh {
   /** Stops an app (its servers close and drop their connections). */
   stopApp(workload: string): Promise<void>;
   startApp(workload: string): Promise<void>;
+  /** Kills every process, stops every app, removes the temp dir. Idempotent. Call it yourself with `cleanup: 'manual'`. */
+  close(): Promise<void>;
+  /** 'request' with each record of `seen`, as the echo app receives it (before it answers). */
+  appRequests: EventEmitter<{ request: [EchoSeen] }>;
+}
+
+export interface StartMeshOptions {
+  /**
+   * 'test' (default): everything goes when the current test finishes (onTestFinished).
+   * 'manual': nothing is registered with the test runner (so startMesh may run in beforeAll); the
+   * caller awaits mesh.close() (in afterAll). If startMesh itself fails, it cleans up before throwing.
+   */
+  cleanup?: 'test' | 'manual';
+  /** `ward control --grace`: how long a disconnected node's endpoints stay published (default '2s'). */
+  grace?: string;
+  /**
+   * The HTTP echo apps honour a `delay=<ms>` query parameter (at most 30 000): they answer that long
+   * after the request ended (a slow request for drain tests). Off by default.
+   */
+  echoDelay?: boolean;
+}
+
+/** spawnWard without the per-test cleanup registration (the 'manual' mesh kills its children in close()). */
+function spawnWardUnmanaged(argv: string[]): Child {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'cli', 'main.ts'), ...argv], {
+    cwd: REPO_ROOT,
+    env: { ...process.env, NODE_OPTIONS: '' },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  }) as Child;
+  child.output = { stdout: '', stderr: '' };
+  child.stdout.setEncoding('utf8').on('data', (s: string) => (child.output.stdout += s));
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (child.output.stderr += s));
+  return child;
 }
 
 function randomBlock(): string {
@@ -127,7 +163,16 @@ export function httpCall(url: string, o: { method?: string; timeoutMs?: number }
   });
 }
 
-export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
+export async function startMesh(spec: MeshSpec, options: StartMeshOptions = {}): Promise<RunningMesh> {
+  const manual = options.cleanup === 'manual';
+  // 'manual': every child ever spawned, so close() also kills one that never got as far as listening.
+  const unmanaged = new Set<Child>();
+  const spawnChild = (argv: string[]): Child => {
+    if (!manual) return spawnWard(argv);
+    const c = spawnWardUnmanaged(argv);
+    unmanaged.add(c);
+    return c;
+  };
   const dir = await mkdtemp(join(tmpdir(), 'ward-proxy-mesh-'));
   const block = randomBlock();
   const stateDir = join(dir, 'state');
@@ -146,6 +191,7 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
     return `${block}.${101 + i}`;
   };
   const seen: EchoSeen[] = [];
+  const appRequests = new EventEmitter<{ request: [EchoSeen] }>();
   const apps = new Map<string, { servers: (HttpServer | NetServer)[]; sockets: Set<Socket> }>();
   const startApp = async (name: string): Promise<void> => {
     const w = current.workloads.find((x) => x.name === name)!;
@@ -163,13 +209,21 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
         });
       } else {
         server = createHttpServer((req, res) => {
-          seen.push({ workload: name, method: req.method ?? '', url: req.url ?? '', headers: req.headers });
+          const record: EchoSeen = { workload: name, method: req.method ?? '', url: req.url ?? '', headers: req.headers };
+          seen.push(record);
+          appRequests.emit('request', record);
           const chunks: Buffer[] = [];
           req.on('data', (c: Buffer) => chunks.push(c));
           req.once('end', () => {
             const body = JSON.stringify({ workload: name, method: req.method, url: req.url, identity: req.headers[IDENTITY_HEADER] ?? null, body: Buffer.concat(chunks).toString('utf8') });
-            res.writeHead(200, { 'content-type': 'application/json', 'x-served-by': name });
-            res.end(body);
+            const answer = (): void => {
+              res.writeHead(200, { 'content-type': 'application/json', 'x-served-by': name });
+              res.end(body);
+            };
+            const delay = options.echoDelay ? Number(new URL(req.url ?? '/', 'http://x').searchParams.get('delay') ?? 0) : 0;
+            if (!(delay > 0)) return answer();
+            const timer = setTimeout(answer, Math.min(delay, 30_000));
+            res.once('close', () => clearTimeout(timer));
           });
         });
         server.on('connection', (s: Socket) => {
@@ -204,10 +258,11 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
     control: undefined,
     proxies: new Map(),
     seen,
+    appRequests,
     async startControl() {
       const first = mesh.ports.ca === 0;
       const addr = (p: number): string => `127.0.0.1:${p}`;
-      const child = spawnWard([
+      const child = spawnChild([
         'control',
         '--state', stateDir,
         '--config', config,
@@ -215,7 +270,7 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
         '--listen', addr(mesh.ports.ca),
         '--discovery', addr(mesh.ports.discovery),
         '--admin', addr(mesh.ports.admin),
-        '--grace', '2s',
+        '--grace', options.grace ?? '2s',
         '--log-level', 'warn',
       ]);
       const m = await stderrMatch(child, /ward control: CA https:\/\/[^:]+:(\d+)\s+discovery https:\/\/[^:]+:(\d+)\s+admin http:\/\/[^:]+:(\d+)/);
@@ -252,7 +307,7 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
         args.push('--token', t.stdout.trim());
       }
       args.push(...(o.extraArgs ?? []));
-      const child = spawnWard(args);
+      const child = spawnChild(args);
       await stderrMatch(child, /ward proxy: node \S+ inbound/);
       mesh.proxies.set(node, child);
       return child;
@@ -289,9 +344,11 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
     },
     stopApp,
     startApp,
+    close: () => (closing ??= cleanup()),
   };
-  onTestFinished(async () => {
-    for (const c of [mesh.control, ...mesh.proxies.values()]) {
+  let closing: Promise<void> | undefined;
+  const cleanup = async (): Promise<void> => {
+    for (const c of new Set([mesh.control, ...mesh.proxies.values(), ...unmanaged])) {
       if (c && c.exitCode === null && c.signalCode === null) {
         c.kill('SIGKILL');
         await exited(c);
@@ -299,7 +356,17 @@ export async function startMesh(spec: MeshSpec): Promise<RunningMesh> {
     }
     for (const name of [...apps.keys()]) await stopApp(name);
     await rm(dir, { recursive: true, force: true });
-  });
-  await mesh.startControl();
+  };
+  if (!manual) {
+    onTestFinished(() => mesh.close());
+    await mesh.startControl();
+    return mesh;
+  }
+  try {
+    await mesh.startControl();
+  } catch (err) {
+    await mesh.close();
+    throw err;
+  }
   return mesh;
 }
