@@ -15,6 +15,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { formatCaBench, runCaBench } from './ca.js';
 import { formatDiscoveryBench, runDiscoveryBench } from './discovery.js';
+import { formatProxyBench, proxyHeadline, runProxyBench } from './proxy.js';
 
 interface Benchmark {
   name: string;
@@ -40,6 +41,13 @@ const BENCHMARKS: Benchmark[] = [
         `p99 change latency = ${r.p99LatencyMs.toFixed(1)} ms (target < ${r.latencyTargetMs} ms), bytes per change 10k/1k = ${r.bytesRatio.toFixed(3)} (target ~1), ` +
         `pool memory = ${r.poolMiB.toFixed(1)} MiB (target < ${r.memoryTargetMiB} MiB)${r.misses.length ? ` [missed: ${r.misses.join(', ')}]` : ''}`;
       return { report: formatDiscoveryBench(r), headline, belowTarget: r.belowTarget, json: r };
+    },
+  },
+  {
+    name: 'proxy',
+    async run(o) {
+      const r = await runProxyBench(o);
+      return { report: formatProxyBench(r), headline: proxyHeadline(r), belowTarget: r.belowTarget, json: r };
     },
   },
 ];
