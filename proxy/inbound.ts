@@ -21,7 +21,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server as 
 import { connect as netConnect, type AddressInfo } from 'node:net';
 import { constants } from 'node:crypto';
 import { createServer as createTlsServer, type SecureContext, type Server as TlsServer, type TLSSocket } from 'node:tls';
-import { Pool } from 'undici';
+import { Pool } from './undici-pool.js';
 import type { Logger } from '../core/logger.js';
 import type { SpiffeId } from '../core/identity/index.js';
 import { normalizeRequest, forwardTarget, type Decision, type DefaultMode, type PolicyRef } from '../core/policy/index.js';
@@ -194,6 +194,7 @@ export class InboundServer {
       this.#dp.metrics.activeConnections.dec({ direction: 'inbound' });
     });
     socket.on('error', () => socket.destroy());
+    socket.setNoDelay(true);
     let peer: SpiffeId | undefined;
     try {
       peer = peerIdentity(socket, { trustDomain: this.#dp.view().trustDomain });

@@ -349,13 +349,19 @@ export class OutboundListener {
   }
 }
 
+/** Bytes a tunnel lets queue toward a slow side before it stops reading the other (per direction). */
+const TUNNEL_BUFFER_BYTES = 256 * 1024;
+
 /**
- * Joins two sockets both ways with backpressure (pipe pauses the faster side); an error or close
- * on either end destroys the other, so no half-dead tunnel lingers.
+ * Joins two sockets both ways. Backpressure with a deeper buffer than pipe(): pipe() pauses the
+ * source whenever write() returns false (past 16 KiB), which on a fast tunnel means a pause/resume
+ * — two epoll_ctl calls — nearly every chunk; here the source pauses only once TUNNEL_BUFFER_BYTES
+ * are queued, and resumes on 'drain'. Half-closes are carried (end → end); an error or close on
+ * either end destroys the other, so no half-dead tunnel lingers.
  */
 export function splice(a: Duplex, b: Duplex): void {
-  a.pipe(b);
-  b.pipe(a);
+  flow(a, b);
+  flow(b, a);
   const kill = (): void => {
     a.destroy();
     b.destroy();
@@ -364,6 +370,20 @@ export function splice(a: Duplex, b: Duplex): void {
   b.once('error', kill);
   a.once('close', kill);
   b.once('close', kill);
+}
+
+function flow(from: Duplex, to: Duplex): void {
+  const resume = (): void => {
+    from.resume();
+  };
+  from.on('data', (chunk: Buffer) => {
+    to.write(chunk);
+    if (to.writableLength > TUNNEL_BUFFER_BYTES) {
+      from.pause();
+      to.once('drain', resume);
+    }
+  });
+  from.once('end', () => to.end());
 }
 
 /** "host:port" / "[v6]:port" / "host" (with a default port) → parts; undefined when malformed. */

@@ -12,7 +12,7 @@
  * No TLS session resumption: Node skips checkServerIdentity on a resumed session (core/tls).
  */
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import { Pool } from 'undici';
+import { Pool } from './undici-pool.js';
 import { SpiffeId } from '../core/identity/index.js';
 import type { Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
