@@ -5,13 +5,17 @@ import { caHistoryCommands } from './ca-history.js';
 import { certCommands } from './cert.js';
 import { controlCommands } from './control.js';
 import { proxyCommands } from './proxy.js';
+import { echoCommands } from './echo.js';
+import { upCommands } from './up.js';
 import { statusCommands } from './status.js';
+import { checkCommands } from './check.js';
 import { initCommands } from './init.js';
 import { tokenCommands } from './token.js';
+import { policyCommands } from './policy.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...statusCommands];
+const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...echoCommands, ...statusCommands, ...checkCommands];
 
 const VERSION = '0.1.0';
 

@@ -203,7 +203,7 @@ describe('parseWardYaml: every problem names its exact path', () => {
   });
 
   it('lists the problem as `file: path: reason` with the line of the offending node', () => {
-    const text = EXAMPLE_WARD_YAML.replace('ports: [9090], labels: {app: api}}\n  - {name: api-2', 'ports: [9090, 70000], labels: {app: api}}\n  - {name: api-2');
+    const text = EXAMPLE_WARD_YAML.replace('address: 127.0.30.1, ports: [9090]', 'address: 127.0.30.1, ports: [9090, 70000]');
     const err = problemsOf(text, 'conf/ward.yaml');
     const line = text.split('\n').findIndex((l) => l.includes('70000')) + 1;
     expect(err.issues).toEqual([
