@@ -62,7 +62,10 @@ export class Supervisor {
   readonly #children = new Map<string, Managed>();
   #stopping = false;
 
-  constructor(o: { logDir: string; say: (line: string) => void; verbose?: boolean }) {
+  readonly #onChange: (() => void) | undefined;
+
+  constructor(o: { logDir: string; say: (line: string) => void; verbose?: boolean; onChange?: () => void }) {
+    this.#onChange = o.onChange;
     this.#logDir = o.logDir;
     this.#say = o.say;
     this.#verbose = o.verbose ?? false;
@@ -106,6 +109,7 @@ export class Supervisor {
     const child = spawn(m.spec.command, args, { env: m.spec.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     m.child = child;
     m.startedAt = Date.now();
+    this.#onChange?.();
     let resolveExit!: () => void;
     m.exited = new Promise((r) => (resolveExit = r));
     for (const stream of [child.stdout!, child.stderr!]) {
@@ -120,6 +124,7 @@ export class Supervisor {
       if (m.child !== child) return;
       const how = signal ? `signal ${signal}` : `exit code ${code}`;
       m.lastExit = how;
+      this.#onChange?.();
       if (this.#stopping) return;
       this.#say(`× ${m.spec.name} stopped unexpectedly (${how}); restarting`);
       this.#scheduleRestart(m, how);

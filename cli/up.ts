@@ -169,7 +169,8 @@ Which mesh: --config FILE, else ./ward.yaml when it exists, else the built-in ex
 web and api with two replicas each running "ward echo", and policies that let web GET api and
 deny everything else to api; "ward init" writes it out to edit).
 
-A component that crashes is reported and restarted with backoff. Ctrl-C or SIGTERM (or
+A component that crashes is reported and restarted with backoff; DIR/processes.json lists what
+runs (name, pid, restarts). Ctrl-C or SIGTERM (or
 "ward down") drains and stops everything; no process or port is left behind. State — the CA keys
 (mode 0600), the issued-certificate inventory, the audit log, each node's identity — lives in the
 state directory and survives restarts: "ward down" then "ward up" keeps the same root.
@@ -203,7 +204,19 @@ Flags:
     const config = resolve(configFile);
     const release = await claimPidFile(stateDir);
     const say = (line: string): void => void io.stderr.write(line + '\n');
-    const sup = new Supervisor({ logDir: join(stateDir, 'logs'), say, verbose });
+    // processes.json: what runs now (name, pid, restarts), for operators and tests; rewritten on
+    // every start and exit of a component.
+    const processesFile = join(stateDir, 'processes.json');
+    let writing = Promise.resolve();
+    const sup: Supervisor = new Supervisor({
+      logDir: join(stateDir, 'logs'),
+      say,
+      verbose,
+      onChange: () => {
+        const body = JSON.stringify({ pid: process.pid, components: sup.states() }, null, 2) + '\n';
+        writing = writing.then(() => writeFile(processesFile, body, { mode: 0o600 })).catch(() => undefined);
+      },
+    });
     let stopping = false;
     let onSignal: (s: NodeJS.Signals) => void = () => undefined;
     const stopped = new Promise<NodeJS.Signals>((r) => (onSignal = r));
@@ -280,6 +293,8 @@ Flags:
       process.off('SIGTERM', signalled);
       // Workloads first (nothing new starts), then proxies (they drain), then the control plane.
       await sup.stop({ order: [model.workloads.map((w) => w.name), model.nodes.map((n) => `proxy-${n.name}`), ['control']] });
+      await writing;
+      await rm(processesFile, { force: true });
       await release();
       say('ward up: stopped');
     }
