@@ -60,6 +60,8 @@ interface ConnContext {
   peer: SpiffeId;
   workload: LocalWorkloadView;
   port: number;
+  /** HTTP requests in progress on the connection (close() ends idle keep-alive connections at once). */
+  active: number;
 }
 
 const STRIP_INBOUND: ReadonlySet<string> = new Set([SOURCE_IDENTITY_HEADER]);
@@ -155,7 +157,12 @@ export class InboundServer {
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
       const closed = new Promise<void>((r) => this.#tls.close(() => r()));
-      this.#http.closeIdleConnections();
+      // Pooled keep-alive connections from other proxies would otherwise hold the drain until the
+      // deadline: end the idle ones now, the busy ones after their response (see #onRequest).
+      for (const sock of this.#sockets) {
+        const ctx = this.#contexts.get(sock);
+        if (ctx && ctx.active === 0) sock.end();
+      }
       const deadline = setTimeout(() => {
         for (const s of this.#sockets) s.destroy();
       }, graceMs);
@@ -215,7 +222,7 @@ export class InboundServer {
       timer.unref();
       socket.once('close', () => clearTimeout(timer));
     }
-    const ctx: ConnContext = { peer, workload: w, port: t.port };
+    const ctx: ConnContext = { peer, workload: w, port: t.port, active: 0 };
     if (socket.alpnProtocol === ALPN_TCP) return this.#onTcp(socket, ctx);
     this.#contexts.set(socket, ctx);
     this.#http.emit('connection', socket);
@@ -299,6 +306,11 @@ export class InboundServer {
       res.destroy();
       return;
     }
+    ctx.active++;
+    res.once('close', () => {
+      ctx.active--;
+      if (this.#closing !== undefined && ctx.active === 0) req.socket.end();
+    });
     const method = req.method ?? '';
     const n = normalizeRequest({ method, host: req.headers.host, path: req.url, port: ctx.port, protocol: 'http' });
     if (!n.ok) return this.#reply(res, 400, `ward: request refused (${n.reason})\n`, 'WARD_PROXY_REQUEST_INVALID');
