@@ -129,6 +129,11 @@ export interface CaServerOptions {
    * `latest` is the route's `?latest=N` (0..1000), how many recent records to list.
    */
   status?: (q: { latest?: number }) => Promise<unknown>;
+  /**
+   * More read-only JSON routes on the admin port (GET path → body), composed by the caller
+   * (`ward control` serves /v1/policies for `ward policy explain`); the CA knows nothing of them.
+   */
+  adminRoutes?: ReadonlyMap<string, () => unknown>;
 }
 
 export class CaServer {
@@ -583,6 +588,8 @@ export class CaServer {
         const text = JSON.stringify(await this.#o.status(latest === undefined ? {} : { latest }), null, 2) + '\n';
         return plain(res, 200, text, 'application/json');
       }
+      const route = this.#o.adminRoutes?.get(path);
+      if (route) return plain(res, 200, JSON.stringify(await route(), null, 2) + '\n', 'application/json');
       return plain(res, 404, 'not found\n');
     } catch (err) {
       this.#log.error({ err }, 'admin request failed');

@@ -36,6 +36,7 @@ import {
 } from '../discovery/index.js';
 import { adminAddressArg, hostPort, hostText, listenError, logLevelArg, reportOf } from './ca.js';
 import { EXIT_OK, durationFlag, flag, required, type Command } from './command.js';
+import { POLICIES_PATH, policySnapshot } from './policy.js';
 
 /** Lifetime of the discovery server's own certificate (renewed at half of it), like the CA server's. */
 export const DISCOVERY_CERT_TTL_MS = 3_600_000;
@@ -216,6 +217,8 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
       limits: o.caLimits,
       // The CA's report at the top level (so `ward ca inspect --server` reads it), the pool's beside it.
       status: async (q) => ({ ...(await reportOf(ca, clock.now(), q.latest ?? 10)), mesh: meshStatus() }),
+      // What `ward policy explain --server` decides on: the policies and services the mesh runs on now.
+      adminRoutes: new Map([[POLICIES_PATH, () => policySnapshot(state.model, state.version)]]),
     });
     let closeGraceMs = 5_000;
     cleanups.push(() => caServer.close(closeGraceMs));
@@ -299,7 +302,8 @@ Listeners:
   --discovery  discovery pool (TLS 1.3, client certificate required, presents
                spiffe://TD/ward/discovery): GET /v1/stream, POST /v1/ack — node proxies and the ingress
   --admin      loopback only, plain HTTP: /healthz, /metrics, /v1/status (the CA report, plus "mesh":
-               connected proxies, versions, the state of ward.yaml)
+               connected proxies, versions, the state of ward.yaml), /v1/policies (the policies and
+               services in force, for "ward policy explain --server")
 
 Flags:
   --state DIR            the CA state directory

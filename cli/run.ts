@@ -15,7 +15,7 @@ import { policyCommands } from './policy.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...echoCommands, ...statusCommands, ...checkCommands];
+const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...echoCommands, ...statusCommands, ...checkCommands, ...policyCommands];
 
 const VERSION = '0.1.0';
 
