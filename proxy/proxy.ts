@@ -358,6 +358,7 @@ export class NodeProxy {
     if (!this.#healthDirty || this.#reporting || this.#closing) return;
     this.#reporting = true;
     this.#healthDirty = false;
+    let delivered = false;
     try {
       const body = JSON.stringify(this.report());
       const url = new URL('/v1/health', this.#o.discoveryUrl);
@@ -379,12 +380,17 @@ export class NodeProxy {
         req.once('error', reject);
         req.end(body);
       });
+      delivered = true;
     } catch (err) {
       this.#healthDirty = true;
       this.#log.debug({ err: (err as Error).message }, 'health report not delivered; will retry');
     } finally {
       this.#reporting = false;
     }
+    // #reportSoon() does not queue behind a report in flight: an ejection (or a new view) that came
+    // while this one was on its way would otherwise wait for the next interval (30 s). Only after a
+    // delivery, so an unreachable pool is not retried in a loop (the interval timer retries it).
+    if (delivered && this.#healthDirty) void this.#report();
   }
 
   /** Stops accepting, drains in-flight requests up to `graceMs`, then stops everything. Idempotent. */
