@@ -10,8 +10,8 @@ import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, humanDuration, optional, writeJson, t
 export const DEFAULT_STATUS_SERVER = 'http://127.0.0.1:9443';
 const MAX_STATUS_BYTES = 64 * 1024 * 1024;
 
-/** GET <server>/v1/status and its `mesh` field. */
-export async function fetchMeshStatus(server: string): Promise<MeshStatus> {
+/** GET <server>/v1/status: the whole answer (the CA report; ward control adds `mesh`). */
+export async function fetchAdminStatus(server: string): Promise<{ url: URL; body: unknown }> {
   let url: URL;
   try {
     url = new URL('/v1/status', server);
@@ -35,6 +35,12 @@ export async function fetchMeshStatus(server: string): Promise<MeshStatus> {
   } catch (err) {
     throw new WardError('WARD_CA_UNREACHABLE', `${url} did not answer JSON: ${(err as Error).message}`, { cause: err });
   }
+  return { url, body };
+}
+
+/** GET <server>/v1/status and its `mesh` field. */
+export async function fetchMeshStatus(server: string): Promise<MeshStatus> {
+  const { url, body } = await fetchAdminStatus(server);
   const mesh = (body as { mesh?: unknown } | null)?.mesh;
   if (mesh === undefined || mesh === null) {
     throw new WardError(
@@ -47,7 +53,7 @@ export async function fetchMeshStatus(server: string): Promise<MeshStatus> {
   return mesh;
 }
 
-function isMeshStatus(m: unknown): m is MeshStatus {
+export function isMeshStatus(m: unknown): m is MeshStatus {
   const s = m as Partial<MeshStatus>;
   return typeof s === 'object' && s !== null && typeof s.version === 'number' && [s.clients, s.nodes, s.services, s.workloads].every(Array.isArray);
 }

@@ -9,7 +9,6 @@
 import type { IncomingHttpHeaders, IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import type { Http2ServerRequest, Http2ServerResponse } from 'node:http2';
 import type { Dispatcher } from 'undici';
-import { NOT_FORWARDED_HEADER } from './mesh-view.js';
 
 export type DownstreamRequest = IncomingMessage | Http2ServerRequest;
 export type DownstreamResponse = ServerResponse | Http2ServerResponse;
@@ -73,6 +72,8 @@ export interface ForwardOptions {
    * a DiscardedResponse error (started = false), so the caller may answer or retry itself.
    */
   discard?: (status: number, headers: IncomingHttpHeaders) => boolean;
+  /** Response headers not to pass on (lowercase), besides the hop-by-hop ones. */
+  stripResponse?: ReadonlySet<string>;
   /**
    * Called once: err undefined = the response was fully sent. `started` = the response status was
    * already written downstream (so the caller can no longer answer or retry).
@@ -89,12 +90,6 @@ export class DiscardedResponse extends Error {
     this.status = status;
   }
 }
-
-/**
- * Mesh-internal response headers an application must not be able to set: a workload answering
- * 503 + x-ward-not-forwarded would make calling proxies replay requests it did receive.
- */
-const RESPONSE_STRIP: ReadonlySet<string> = new Set([NOT_FORWARDED_HEADER]);
 
 /** Forwards one request; returns an abort function (the downstream went away). */
 export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: DownstreamResponse, o: ForwardOptions): () => void {
@@ -127,7 +122,7 @@ export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: Dow
       }
       started = true;
       o.onHeaders?.(status);
-      const out = endToEndHeaders(headers, RESPONSE_STRIP) as OutgoingHttpHeaders;
+      const out = endToEndHeaders(headers, o.stripResponse) as OutgoingHttpHeaders;
       try {
         res.writeHead(status, out);
       } catch (err) {

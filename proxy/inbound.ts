@@ -18,7 +18,7 @@
  * the service whose policies suit it.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
-import { connect as netConnect, type AddressInfo } from 'node:net';
+import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { constants } from 'node:crypto';
 import { createServer as createTlsServer, type SecureContext, type Server as TlsServer, type TLSSocket } from 'node:tls';
 import { Pool } from './undici-pool.js';
@@ -65,6 +65,11 @@ interface ConnContext {
 }
 
 const STRIP_INBOUND: ReadonlySet<string> = new Set([SOURCE_IDENTITY_HEADER]);
+/**
+ * Proxy-to-proxy signals an application must not be able to send: a workload answering 503 +
+ * x-ward-not-forwarded (or 502 + x-ward-error) would make calling proxies replay requests.
+ */
+const STRIP_FROM_APP: ReadonlySet<string> = new Set([NOT_FORWARDED_HEADER, 'x-ward-error']);
 
 export class InboundServer {
   readonly #dp: DataPlane;
@@ -77,6 +82,7 @@ export class InboundServer {
   /** Plain-HTTP pools to local workloads, by "address:port". */
   readonly #local = new Map<string, Pool>();
   readonly #sockets = new Set<TLSSocket>();
+  readonly #raw = new Set<Socket>();
   #closing: Promise<void> | undefined;
 
   constructor(o: { dataPlane: DataPlane; bundle: TrustBundle; defaultMode: DefaultMode; limits?: Partial<InboundLimits> }) {
@@ -104,6 +110,14 @@ export class InboundServer {
       const reason = verifyError ? 'bad-certificate' : handshakeReason(err);
       this.#dp.metrics.handshakeFailures.inc({ direction: 'inbound', reason });
       this.#log.info({ reason, err: verifyError ? `client certificate did not verify: ${String(verifyError)}` : err.message }, 'inbound handshake refused');
+      // Node leaves the socket open after a failed handshake (e.g. its timeout): close it, or a
+      // client could leak connections (and hold up shutdown) at will.
+      socket?.destroy();
+    });
+    // Raw connections, handshakes included, so that close() can end those that never finish.
+    this.#tls.on('connection', (raw: Socket) => {
+      this.#raw.add(raw);
+      raw.once('close', () => this.#raw.delete(raw));
     });
     this.#http = createHttpServer(
       {
@@ -115,6 +129,9 @@ export class InboundServer {
       (req, res) => this.#onRequest(req, res),
     );
     this.#http.maxHeadersCount = 200;
+    // This server never listens (TLS sockets are handed to it), and node:http starts the connection
+    // tracking that enforces headersTimeout/requestTimeout (slowloris) on 'listening'.
+    this.#http.emit('listening');
     this.#http.on('upgrade', (_req: IncomingMessage, socket: TLSSocket) => socket.destroy());
     this.#http.on('connect', (_req: IncomingMessage, socket: TLSSocket) => socket.destroy());
   }
@@ -165,6 +182,7 @@ export class InboundServer {
       }
       const deadline = setTimeout(() => {
         for (const s of this.#sockets) s.destroy();
+        for (const s of this.#raw) s.destroy();
       }, graceMs);
       deadline.unref();
       const drained = new Promise<void>((r) => {
@@ -328,6 +346,7 @@ export class InboundServer {
       path: forwardTarget(n.request),
       headers,
       body: hasBody(req),
+      stripResponse: STRIP_FROM_APP,
       headersTimeoutMs: this.#limits.requestTimeoutMs,
       onHeaders: (status) => this.#dp.metrics.requests.inc({ direction: 'inbound', code: codeClass(status) }),
       onDone: (err, started) => {

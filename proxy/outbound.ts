@@ -14,7 +14,7 @@
  * that failed after sending is retried on another endpoint while the retry budget allows.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
-import { createServer as createH2Server, type Http2Server } from 'node:http2';
+import { createServer as createH2Server, type Http2Server, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Clock } from '../core/clock.js';
@@ -67,6 +67,8 @@ const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE'])
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
 const HOST_RE = /^[A-Za-z0-9_.-]+$/;
+/** Proxy-to-proxy signals that end here (x-ward-error goes on to the workload: it explains a 5xx). */
+const OUTBOUND_RESPONSE_STRIP: ReadonlySet<string> = new Set([NOT_FORWARDED_HEADER]);
 
 export class OutboundListener {
   readonly workload: string;
@@ -78,6 +80,7 @@ export class OutboundListener {
   readonly #http1: HttpServer;
   readonly #http2: Http2Server;
   readonly #sockets = new Set<Socket>();
+  readonly #sessions = new Set<ServerHttp2Session>();
   #pending = 0;
   #closing: Promise<void> | undefined;
 
@@ -99,11 +102,19 @@ export class OutboundListener {
       handler as (req: IncomingMessage, res: ServerResponse) => void,
     );
     this.#http1.maxHeadersCount = 200;
+    // The HTTP servers never listen themselves (connections are handed over after sniffing), and
+    // node:http starts its connection tracking — which enforces headersTimeout/requestTimeout and
+    // makes closeIdleConnections() work — on 'listening'. Start it explicitly.
+    this.#http1.emit('listening');
     this.#http1.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onConnect(req, socket, head));
     this.#http1.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
       socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
     });
     this.#http2 = createH2Server({ maxSessionMemory: 10, settings: { maxConcurrentStreams: 256, maxHeaderListSize: this.#limits.maxHeaderBytes } }, handler);
+    this.#http2.on('session', (session: ServerHttp2Session) => {
+      this.#sessions.add(session);
+      session.once('close', () => this.#sessions.delete(session));
+    });
     // allowHalfOpen: a CONNECT client may finish sending (FIN) and still wait for the answer; the
     // HTTP servers end their sockets themselves, so it changes nothing for plain requests.
     this.#net = createNetServer({ allowHalfOpen: true }, (socket) => this.#onSocket(socket));
@@ -129,7 +140,10 @@ export class OutboundListener {
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
       const closed = new Promise<void>((r) => this.#net.close(() => r()));
+      // Idle keep-alive connections end now; busy ones after their response (#onRequest); HTTP/2
+      // sessions get a GOAWAY and end once their streams are done.
       this.#http1.closeIdleConnections();
+      for (const session of this.#sessions) session.close();
       const deadline = setTimeout(() => {
         for (const s of this.#sockets) s.destroy();
       }, graceMs);
@@ -214,6 +228,7 @@ export class OutboundListener {
   }
 
   #onRequest(req: DownstreamRequest, res: DownstreamResponse): void {
+    if (this.#closing && 'shouldKeepAlive' in res) (res as ServerResponse).shouldKeepAlive = false;
     const t = this.#target(req);
     if ('error' in t) return this.#reject(res, 400, 'WARD_PROXY_REQUEST_INVALID', t.error);
     const view = this.#dp.view();
@@ -261,7 +276,15 @@ export class OutboundListener {
         body,
         // The destination proxy could not reach its workload (503 + not-forwarded): the endpoint is
         // down as surely as if the connection had failed, and the request went nowhere.
-        discard: (status, h) => status === 503 && h[NOT_FORWARDED_HEADER] === '1' && n < this.#limits.maxAttempts && !body,
+        // 503 + not-forwarded: the destination's workload never got the request (retry like a
+        // connect failure). 502 + WARD_PROXY_UPSTREAM_FAILED: its workload failed mid-request
+        // (e.g. killed); a replayable request may go elsewhere, within the retry budget (taken here).
+        // Only proxies can send these: the inbound strips x-ward-* from what applications answer.
+        stripResponse: OUTBOUND_RESPONSE_STRIP,
+        discard: (status, h) =>
+          n < this.#limits.maxAttempts &&
+          ((status === 503 && h[NOT_FORWARDED_HEADER] === '1' && !body) ||
+            (status === 502 && h['x-ward-error'] === 'WARD_PROXY_UPSTREAM_FAILED' && replayable && this.#dp.budget.tryWithdraw())),
         onHeaders: (status) => {
           this.#dp.metrics.requests.inc({ direction: 'outbound', code: codeClass(status) });
           if (status >= 500) lease.fail('response');
@@ -279,12 +302,14 @@ export class OutboundListener {
             return finish();
           }
           const cf = (err instanceof ConnectFailure ? err : (err as { cause?: unknown }).cause) as ConnectFailure | undefined;
-          const notForwarded = err instanceof DiscardedResponse;
+          const discarded = err instanceof DiscardedResponse ? err : undefined;
+          const notForwarded = discarded?.status === 503;
           const before = cf instanceof ConnectFailure || notForwarded;
           lease.fail(cf instanceof ConnectFailure ? cf.kind : notForwarded ? 'connect' : 'response');
           const more = n < this.#limits.maxAttempts;
-          // Nothing was sent: any request may go to another endpoint. Sent: only a replayable one, within the budget.
-          const retry = more && (before || (replayable && this.#dp.budget.tryWithdraw()));
+          // Nothing was sent: any request may go to another endpoint. Sent: only a replayable one,
+          // within the budget (a discarded 502 already took its retry from the budget).
+          const retry = more && (before || discarded !== undefined || (replayable && this.#dp.budget.tryWithdraw()));
           if (more && !before && replayable && !retry) this.#dp.metrics.retries.inc({ result: 'budget-exhausted' });
           this.#log.debug({ err: err.message, endpoint: lease.endpoint.address, attempt: n, retry }, 'upstream attempt failed');
           if (retry) {

@@ -121,7 +121,17 @@ export class NodeProxy {
       logger: o.logger,
       registry: o.registry,
     } as ConstructorParameters<typeof IdentityManager>[0]);
-    this.#identities.on('lost', (id) => this.#upstreams.dropSource(id));
+    this.#identities.on('lost', (id) => {
+      this.#upstreams.dropSource(id);
+      this.#healthDirty = true;
+      this.#reportSoon();
+    });
+    // The pool's view of this node (ward status / ward check) shows certificates as reported: tell
+    // it at once when one is obtained or renewed, not at the next interval.
+    this.#identities.on('change', () => {
+      this.#healthDirty = true;
+      this.#reportSoon();
+    });
     this.#upstreams = new Upstreams({
       trustDomain: o.bundle.trustDomain,
       bundle: () => this.#identities.bundle(),
