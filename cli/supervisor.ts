@@ -95,17 +95,22 @@ export class Supervisor {
     }));
   }
 
-  async #spawn(m: Managed): Promise<void> {
-    if (this.#stopping) return;
+  /** True when a process was started (false: stopping, or prepare failed and a retry is scheduled). */
+  async #spawn(m: Managed): Promise<boolean> {
+    if (this.#stopping) return false;
     let args = m.spec.args;
     try {
       const p = await m.spec.prepare?.();
       if (p && p.args) args = p.args;
     } catch (err) {
       this.#say(`× ${m.spec.name}: could not prepare a start: ${(err as Error).message}`);
-      return this.#scheduleRestart(m, 'prepare failed');
+      // A failed attempt like a start that exited at once: without this, startedAt stays at the last
+      // real start and, once that is older than resetAfterMs, the backoff never grows past 0.5s.
+      m.startedAt = Date.now();
+      this.#scheduleRestart(m, 'prepare failed');
+      return false;
     }
-    if (this.#stopping) return;
+    if (this.#stopping) return false;
     const child = spawn(m.spec.command, args, { env: m.spec.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
     m.child = child;
     m.startedAt = Date.now();
@@ -129,6 +134,8 @@ export class Supervisor {
       this.#say(`× ${m.spec.name} stopped unexpectedly (${how}); restarting`);
       this.#scheduleRestart(m, how);
     });
+    // No pid: spawn failed ('error' follows, then 'close', which schedules the next attempt).
+    return child.pid !== undefined;
   }
 
   #scheduleRestart(m: Managed, _why: string): void {
@@ -140,8 +147,8 @@ export class Supervisor {
     if (m.restarts > 1 || delay > BACKOFF.initialMs) this.#say(`  ${m.spec.name}: next start in ${(delay / 1000).toFixed(1)}s (restart ${m.restarts})`);
     m.timer = setTimeout(() => {
       m.timer = undefined;
-      void this.#spawn(m).then(() => {
-        if (!this.#stopping) this.#say(`✓ ${m.spec.name} restarted (pid ${m.child?.pid})`);
+      void this.#spawn(m).then((started) => {
+        if (started && !this.#stopping) this.#say(`✓ ${m.spec.name} restarted (pid ${m.child?.pid})`);
       });
     }, delay);
   }

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { request } from 'node:http';
 import { join, resolve } from 'node:path';
@@ -132,7 +132,8 @@ function tour(model: MeshModel, stateDir: string, source: string): string {
   }
   const svc = [...model.services];
   const from = wl[0];
-  const to = svc.find((s) => from && !s.ports.some(() => false) && s.name !== (from.labels.app ?? '')) ?? svc[0];
+  // Something to call: a service other than the caller's own (by its app label), else the first.
+  const to = svc.find((s) => from && s.name !== (from.labels.app ?? '')) ?? svc[0];
   lines.push('', 'Try:');
   if (from && to && to.ports[0]) {
     const target = `http://${to.name}.${to.namespace}:${to.ports[0].port}`;
@@ -205,7 +206,7 @@ Flags:
     const release = await claimPidFile(stateDir);
     const say = (line: string): void => void io.stderr.write(line + '\n');
     // processes.json: what runs now (name, pid, restarts), for operators and tests; rewritten on
-    // every start and exit of a component.
+    // every start and exit of a component, through a rename so a reader never sees half of it.
     const processesFile = join(stateDir, 'processes.json');
     let writing = Promise.resolve();
     const sup: Supervisor = new Supervisor({
@@ -214,7 +215,12 @@ Flags:
       verbose,
       onChange: () => {
         const body = JSON.stringify({ pid: process.pid, components: sup.states() }, null, 2) + '\n';
-        writing = writing.then(() => writeFile(processesFile, body, { mode: 0o600 })).catch(() => undefined);
+        writing = writing
+          .then(async () => {
+            await writeFile(`${processesFile}.tmp`, body, { mode: 0o600 });
+            await rename(`${processesFile}.tmp`, processesFile);
+          })
+          .catch(() => undefined);
       },
     });
     let stopping = false;
@@ -295,6 +301,7 @@ Flags:
       await sup.stop({ order: [model.workloads.map((w) => w.name), model.nodes.map((n) => `proxy-${n.name}`), ['control']] });
       await writing;
       await rm(processesFile, { force: true });
+      await rm(`${processesFile}.tmp`, { force: true });
       await release();
       say('ward up: stopped');
     }
