@@ -138,7 +138,10 @@ Example:
       }
       io.stderr.write(`ward proxy: node ${node} inbound ${hostText(a.inbound.address)}:${a.inbound.port} admin http://${hostText(a.admin.address)}:${a.admin.port}\n`);
       const signal = await stopped;
+      // Listeners stop accepting before this line is written (tests and supervisors rely on it).
+      const closing = p.close();
       io.stderr.write(`ward proxy: ${signal}: draining and stopping\n`);
+      await closing;
       return EXIT_OK;
     } finally {
       process.off('SIGINT', onSignal);

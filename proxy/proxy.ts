@@ -407,11 +407,11 @@ export class NodeProxy {
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
       this.#timers.clear(this.#healthTimer);
+      // Stop accepting at once (each close() stops its listener synchronously), then let an apply
+      // in progress finish and close whatever listener it opened meanwhile.
+      const draining = [...[...this.#outbound.values()].map((l) => l.close(graceMs)), this.#inbound?.close(graceMs)];
       await this.#applying.catch(() => undefined);
-      await Promise.all([
-        ...[...this.#outbound.values()].map((l) => l.close(graceMs)),
-        this.#inbound?.close(graceMs),
-      ]);
+      await Promise.all([...draining, ...[...this.#outbound.values()].map((l) => l.close(graceMs))]);
       this.#outbound.clear();
       await Promise.all([this.#control?.close(), this.#upstreams.close(), this.#identities.close(), this.#admin?.close()]);
       this.#reportAgent.destroy();
