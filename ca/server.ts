@@ -357,8 +357,8 @@ export class CaServer {
         const token = stringField(body, 'token', 128);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
         const nodeId = await this.#o.tokens.consume(token);
-        const issued = await this.#o.ca.issue({ csr, identity: nodeId, requester: `join-token:${nodeId.nodeName}` });
-        this.#log.info({ node: nodeId.toString(), serial: issued.serialHex }, 'node joined with a join token');
+        const issued = await this.#o.ca.issue({ csr, identity: nodeId, requester: `join-token:${nodeId.nodeName ?? 'ingress'}` });
+        this.#log.info({ node: nodeId.toString(), serial: issued.serialHex }, nodeId.isIngress ? 'the ingress joined with a join token' : 'node joined with a join token');
         return this.#reply(res, route, 200, this.#issuedBody(issued));
       }
       if (route === 'issue') {
@@ -370,7 +370,8 @@ export class CaServer {
           throw err;
         }
         this.#limit(`id:${caller.toString()}`);
-        if (caller.nodeName === undefined) throw new WardError('WARD_CA_FORBIDDEN', `caller ${caller} is not a node proxy`);
+        // Node proxies obtain their own and their workloads' identities; the ingress only renews its own.
+        if (caller.nodeName === undefined && !caller.isIngress) throw new WardError('WARD_CA_FORBIDDEN', `caller ${caller} is not a node proxy or the ingress`);
         const body = await this.#readJson(req);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
         const identity = body.identity === undefined ? caller : SpiffeId.parse(stringField(body, 'identity', 2048));
@@ -380,9 +381,11 @@ export class CaServer {
         }
         // Only workload identities are grantable: another node's identity, the CA's own or the bare
         // trust domain never are, whatever the authorizer would say.
-        const allowed = identity.equals(caller)
-          ? await this.#o.authorizer.mayRenewNode(caller)
-          : identity.workload !== undefined && (await this.#o.authorizer.mayObtain(caller, identity));
+        const allowed = caller.isIngress
+          ? identity.equals(caller)
+          : identity.equals(caller)
+            ? await this.#o.authorizer.mayRenewNode(caller)
+            : identity.workload !== undefined && !identity.isIngress && (await this.#o.authorizer.mayObtain(caller, identity));
         if (!allowed) {
           throw await this.#audited(caller, identity, new WardError('WARD_CA_FORBIDDEN', `node ${caller} may not obtain ${identity}`));
         }

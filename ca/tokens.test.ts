@@ -98,6 +98,21 @@ describe('JoinTokens', () => {
     expect((await errorOf(tokens.consume(elsewhere.token))).code).toBe('WARD_CA_TOKEN_INVALID');
   });
 
+  it('an ingress token joins as spiffe://TD/ns/ward-system/sa/ward-ingress; a record naming any other identity is refused', async () => {
+    const { stateDir, tokens } = await setup();
+    const t = await tokens.createForIngress();
+    expect(t.node).toBe('ingress');
+    const id = await tokens.consume(t.token);
+    expect(id.toString()).toBe(`spiffe://${TD}/ns/ward-system/sa/ward-ingress`);
+    expect(id.isIngress).toBe(true);
+    expect(id.nodeName).toBeUndefined();
+    for (const identity of [`spiffe://${TD}/ns/shop/sa/web`, `spiffe://other.org/ns/ward-system/sa/ward-ingress`, `spiffe://${TD}/ward/ca`, 'garbage']) {
+      const { token } = await tokens.create('node-1');
+      await writeFile(fileOf(stateDir, token), JSON.stringify({ node: 'ingress', identity, createdAt: '2026-01-01T00:00:00Z', expiresAt: '2030-01-01T00:00:00Z' }));
+      expect((await errorOf(tokens.consume(token))).code, identity).toBe('WARD_CA_TOKEN_INVALID');
+    }
+  });
+
   it('refuses a token whose record was tampered with, instead of failing unexpectedly', async () => {
     const { stateDir, tokens } = await setup();
     for (const record of ['not json', '{}', '{"node": 5, "expiresAt": "2030-01-01T00:00:00Z"}', '{"node": "a/b", "expiresAt": "2030-01-01T00:00:00Z"}', '{"node": "n", "expiresAt": "soon"}', 'null']) {

@@ -1,8 +1,8 @@
 /**
  * One-time join tokens: how a node proxy bootstraps its node identity in local mode.
  *
- * A token is 32 random bytes (base64url, prefixed `wardjt_`), bound at creation to one node name and
- * an expiry (default 15m, at most 24h). Only its SHA-256 is stored, one file per token under
+ * A token is 32 random bytes (base64url, prefixed `wardjt_`), bound at creation to one node name (or
+ * to the mesh ingress's identity) and an expiry (default 15m, at most 24h). Only its SHA-256 is stored, one file per token under
  * `<state>/tokens/<sha256>.json` (mode 0600): `ward token create` (a separate process) and the
  * running CA server share the directory without a lock, because consuming a token is a single
  * unlink() — the first caller to unlink wins, so a token can never be used twice, even by two
@@ -21,9 +21,14 @@ export const TOKEN_PREFIX = 'wardjt_';
 export const DEFAULT_TOKEN_TTL_MS = 15 * 60_000;
 export const MAX_TOKEN_TTL_MS = 24 * 3_600_000;
 const TOKEN_RE = /^wardjt_[A-Za-z0-9_-]{43}$/;
+/** The `node` of an ingress token's record (listed as such by `list()`). */
+export const INGRESS_TOKEN_NODE = 'ingress';
 
 interface TokenFile {
+  /** The node the token joins as; for the ingress, "ingress" and `identity` set. */
   node: string;
+  /** Set for a token that joins as the mesh ingress (its SPIFFE ID). */
+  identity?: string;
   createdAt: string;
   expiresAt: string;
 }
@@ -53,6 +58,16 @@ export class JoinTokens {
   /** Creates a token for `node`; the node name must make a valid node SPIFFE ID. */
   async create(node: string, ttlMs: number = DEFAULT_TOKEN_TTL_MS): Promise<CreatedToken> {
     SpiffeId.node(this.#trustDomain, node); // validates the name (WARD_ID_INVALID)
+    return this.#create({ node }, ttlMs);
+  }
+
+  /** Creates a token that joins as the mesh ingress (spiffe://TD/ns/ward-system/sa/ward-ingress). */
+  async createForIngress(ttlMs: number = DEFAULT_TOKEN_TTL_MS): Promise<CreatedToken> {
+    return this.#create({ node: INGRESS_TOKEN_NODE, identity: SpiffeId.ingress(this.#trustDomain).toString() }, ttlMs);
+  }
+
+  async #create(bound: { node: string; identity?: string }, ttlMs: number): Promise<CreatedToken> {
+    const { node } = bound;
     if (!Number.isSafeInteger(ttlMs) || ttlMs < 1000 || ttlMs > MAX_TOKEN_TTL_MS) {
       throw new WardError('WARD_CONFIG_INVALID', `join token lifetime must be between 1s and 24h, got ${ttlMs}ms`);
     }
@@ -62,7 +77,7 @@ export class JoinTokens {
     const token = TOKEN_PREFIX + randomBytes(32).toString('base64url');
     const now = this.#clock.now();
     const expiresAt = new Date(now + ttlMs);
-    const record: TokenFile = { node, createdAt: new Date(now).toISOString(), expiresAt: expiresAt.toISOString() };
+    const record: TokenFile = { ...bound, createdAt: new Date(now).toISOString(), expiresAt: expiresAt.toISOString() };
     await writeFileDurable(join(this.#dir, `${hashToken(token)}.json`), JSON.stringify(record) + '\n', { mode: KEY_FILE_MODE });
     return { token, node, expiresAt };
   }
@@ -89,9 +104,15 @@ export class JoinTokens {
     // The removal must survive a crash before the certificate goes out, or the token could be
     // replayed after a restart.
     await fsyncDir(this.#dir);
-    const { node, expiresAt } = (record ?? {}) as Partial<TokenFile>;
+    const { node, identity, expiresAt } = (record ?? {}) as Partial<TokenFile>;
     if (typeof node !== 'string' || typeof expiresAt !== 'string') throw new WardError('WARD_CA_TOKEN_INVALID', 'join token record is corrupt');
     if (!(Date.parse(expiresAt) > this.#clock.now())) throw new WardError('WARD_CA_TOKEN_INVALID', 'join token has expired');
+    if (identity !== undefined) {
+      // Only the ingress identity is ever bound to a token this way; anything else is a forged record.
+      const id = SpiffeId.tryParse(String(identity));
+      if (!id || !id.isIngress || !id.memberOf(this.#trustDomain)) throw new WardError('WARD_CA_TOKEN_INVALID', 'join token record names an identity other than the ingress');
+      return id;
+    }
     try {
       return SpiffeId.node(this.#trustDomain, node);
     } catch (cause) {

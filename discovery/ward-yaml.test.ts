@@ -186,6 +186,8 @@ describe('parseWardYaml: every problem names its exact path', () => {
     ['route host IP', (d) => (d.ingress.routes[0].host = '127.0.0.1'), 'ingress.routes[0].host', /IP address/],
     ['route host wildcard inside', (d) => (d.ingress.routes[0].host = 'a.*.com'), 'ingress.routes[0].host', /wildcard/],
     ['route path', (d) => (d.ingress.routes[0].paths[0].path = 'api'), 'ingress.routes[0].paths[0].path', /must start with "\/"/],
+    ['route path not in normal form', (d) => (d.ingress.routes[0].paths[0].path = '/a//b/../c'), 'ingress.routes[0].paths[0].path', /not in normal form \(write "\/a\/c"\)/],
+    ['route path with an encoded slash', (d) => (d.ingress.routes[0].paths[0].path = '/a%2Fb'), 'ingress.routes[0].paths[0].path', /not a valid path \(encoded-slash\)/],
     ['route pathType', (d) => (d.ingress.routes[0].paths[0].pathType = 'Regex'), 'ingress.routes[0].paths[0].pathType', /Exact or Prefix/],
     ['route duplicate host', (d) => d.ingress.routes.push(structuredClone(d.ingress.routes[0])), 'ingress.routes[1].host', /duplicate host "shop\.localhost"/],
     ['policy apiVersion', (d) => (d.policies[0].apiVersion = 'v1'), 'policies[0].apiVersion', /./],

@@ -15,11 +15,12 @@
  *   ingress:   {routes: [{host, paths: [{path, pathType?, service: name.namespace, port}]}]}
  * `namespace` defaults to "default", `targetPort` to `port`, `protocol` to http, `pathType` to Prefix.
  */
+import { routeHostError } from '../core/hostname.js';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LineCounter, parseDocument, type Document } from 'yaml';
 import { WardError } from '../core/errors.js';
 import { SpiffeId, trustDomainError } from '../core/identity/index.js';
-import { parsePolicies, PolicyInvalidError } from '../core/policy/index.js';
+import { normalizePath, parsePolicies, PolicyInvalidError } from '../core/policy/index.js';
 import {
   deepFreeze,
   serviceKey,
@@ -709,29 +710,21 @@ function parsePathText(text: string): Path {
   return out;
 }
 
-const HOST_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const PATH_TYPES: readonly RoutePath['pathType'][] = ['Exact', 'Prefix'];
 
-function hostError(h: string): string | undefined {
-  if (h.length === 0) return 'must not be empty';
-  if (h.length > 253) return 'is longer than 253 characters';
-  if (canonicalIp(h) !== undefined) return `${shown(h)} is an IP address; a route host must be a DNS name`;
-  const labels = h.split('.');
-  const start = labels[0] === '*' ? 1 : 0;
-  if (start === 1 && labels.length < 2) return `${shown(h)}: a wildcard host needs a domain after "*." (e.g. *.example.com)`;
-  for (let i = start; i < labels.length; i++) {
-    if (!HOST_LABEL.test(labels[i])) {
-      return `${shown(h)} is not a lowercase DNS name (a wildcard is allowed only as the whole first label, "*.")`;
-    }
-  }
-  return undefined;
-}
+/** Route hosts: the one rule set the ingress applies too (core/hostname). */
+const hostError = routeHostError;
 
 function routePathError(p: string): string | undefined {
   if (!p.startsWith('/')) return `${shown(p)} must start with "/"`;
   if (p.length > 1024) return 'is longer than 1024 characters';
   // eslint-disable-next-line no-control-regex
   if (/[\x00-\x20\x7f?#]/.test(p)) return `${shown(p)} must not contain whitespace, control characters, "?" or "#"`;
+  // The ingress matches the normalized request path, so a rule must be written in normal form too
+  // (it would never match otherwise, and the ingress refuses such a table).
+  const n = normalizePath(p);
+  if (!n.ok) return `${shown(p)} is not a valid path (${n.reason})`;
+  if (n.path !== p) return `${shown(p)} is not in normal form (write ${shown(n.path)})`;
   return undefined;
 }
 

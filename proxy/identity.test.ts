@@ -662,3 +662,17 @@ it('refuses invalid options at construction', async () => {
     expect(() => new IdentityManager({ ...base, ...bad })).toThrow(expect.objectContaining({ code: 'WARD_CONFIG_INVALID' }));
   }
 });
+
+it('joins as the mesh ingress with an ingress token (identity option) and renews that identity', async () => {
+  const e = await env();
+  const ingress = SpiffeId.ingress(TD);
+  const { mgr } = await e.manager({ identity: ingress.toString(), node: 'ingress', joinToken: (await e.h.tokens.createForIngress()).token });
+  await mgr.start();
+  const first = mgr.node();
+  expect(first.id.toString()).toBe(ingress.toString());
+  expect(parseCertificates(first.credentials.chainPem)[0].uris).toEqual([ingress.toString()]);
+  await mgr.renewAll();
+  expect(mgr.node().serial).not.toBe(first.serial);
+  expect(mgr.node().id.toString()).toBe(ingress.toString());
+  expect(e.h.authorizer.asked).toEqual([]);
+});

@@ -65,6 +65,11 @@ export interface IdentityOptions {
   trustDomain: string;
   /** Node name; the node identity is spiffe://TD/ward/node/<node>. */
   node: string;
+  /**
+   * Join as this identity instead of the node's (the mesh ingress: spiffe://TD/ns/ward-system/sa/
+   * ward-ingress, with an ingress join token). `node` then only names the saved-identity file's owner.
+   */
+  identity?: string;
   /** Initial trust anchors (they verify the CA on join). */
   bundle: TrustBundle;
   /** Needed unless stateDir holds a usable node identity. One-time: used at most once per process. */
@@ -199,7 +204,9 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     this.#url = url;
     try {
       this.#trustDomain = parseTrustDomain(o.trustDomain);
-      this.nodeId = SpiffeId.node(this.#trustDomain, o.node);
+      // The ingress joins and renews the same way under its own identity (no workloads).
+      this.nodeId = o.identity !== undefined ? SpiffeId.parse(o.identity) : SpiffeId.node(this.#trustDomain, o.node);
+      if (!this.nodeId.memberOf(this.#trustDomain)) throw new Error(`${this.nodeId} is not in trust domain ${this.#trustDomain}`);
     } catch (cause) {
       throw new WardError('WARD_CONFIG_INVALID', `node identity: ${(cause as Error).message}`, { cause });
     }

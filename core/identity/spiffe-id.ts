@@ -11,6 +11,9 @@ import { WardError } from '../errors.js';
  */
 
 export const MAX_ID_LENGTH = 2048;
+/** The mesh ingress runs as this namespace and service account (DESIGN §2). */
+export const INGRESS_NAMESPACE = 'ward-system';
+export const INGRESS_SERVICE_ACCOUNT = 'ward-ingress';
 export const MAX_TRUST_DOMAIN_LENGTH = 255;
 const SCHEME = 'spiffe://';
 
@@ -135,6 +138,16 @@ export class SpiffeId {
   /** `spiffe://TD/ward/node/NAME` — a node proxy identity. */
   static node(trustDomain: string, nodeName: string): SpiffeId {
     return SpiffeId.fromSegments(trustDomain, 'ward', 'node', nodeName);
+  }
+
+  /** The mesh ingress: spiffe://TD/ns/ward-system/sa/ward-ingress (DESIGN §2). */
+  static ingress(trustDomain: string): SpiffeId {
+    return SpiffeId.workload(trustDomain, INGRESS_NAMESPACE, INGRESS_SERVICE_ACCOUNT);
+  }
+
+  /** Whether this is the mesh ingress's identity. */
+  get isIngress(): boolean {
+    return this.path === `/ns/${INGRESS_NAMESPACE}/sa/${INGRESS_SERVICE_ACCOUNT}`;
   }
 
   /** The node name when this is a node-proxy identity, else undefined. */

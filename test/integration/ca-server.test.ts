@@ -193,6 +193,36 @@ describe('join tokens', () => {
     expect(refusals(h, 'WARD_CA_TOKEN_INVALID')[0].err).toMatch(/unknown or already used/);
   });
 
+  it('an ingress token bootstraps the ingress identity, which may renew itself and nothing else', async () => {
+    const h = await startCa();
+    const ingressId = SpiffeId.ingress(TD);
+    const { token } = await h.tokens.createForIngress();
+    const key = PrivateKey.generate();
+    const joined = await h.call('POST', '/v1/join', { body: { token, csr: createCsr(key) } });
+    await verifyIssued(h, joined, ingressId);
+    expect((await h.ca.inventory.query({ identity: ingressId })).map((r) => r.requester)).toEqual(['join-token:ingress']);
+    const creds: Credentials = { id: ingressId, chainPem: (joined.json as { certificate: string }).certificate, key, bundle: h.ca.bundle() };
+    // Its own renewal: allowed without asking the authorizer (the ingress has no node).
+    const renewed = await h.call('POST', '/v1/issue', { creds, body: { csr: createCsr(PrivateKey.generate()) } });
+    await verifyIssued(h, renewed, ingressId);
+    // Anything else: a workload identity, a node identity — refused and audited.
+    for (const identity of [SpiffeId.workload(TD, 'shop', 'web'), nodeId('node-1')]) {
+      expectError(await h.call('POST', '/v1/issue', { creds, body: { csr: createCsr(PrivateKey.generate()), identity: identity.toString() } }), 403, 'WARD_CA_FORBIDDEN');
+    }
+    expect(h.authorizer.asked).toEqual([]);
+  });
+
+  it('never lets a node proxy obtain the ingress identity, whatever the authorizer says', async () => {
+    const h = await startCa();
+    h.authorizer.grant(nodeId('node-1'), SpiffeId.ingress(TD));
+    const { token } = await h.tokens.create('node-1');
+    const key = PrivateKey.generate();
+    const joined = await h.call('POST', '/v1/join', { body: { token, csr: createCsr(key) } });
+    const creds: Credentials = { id: nodeId('node-1'), chainPem: (joined.json as { certificate: string }).certificate, key, bundle: h.ca.bundle() };
+    const r = await h.call('POST', '/v1/issue', { creds, body: { csr: createCsr(PrivateKey.generate()), identity: SpiffeId.ingress(TD).toString() } });
+    expectError(r, 403, 'WARD_CA_FORBIDDEN');
+  });
+
   it('refuses an expired token', async () => {
     const h = await startCa();
     const { token } = await h.tokens.create('node-1', 60_000);
