@@ -6,5 +6,7 @@ export { NodeProxy, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT, DEFAULT_ADMIN_P
 export { EndpointSet, RetryBudget, type BalancerEndpoint, type BalancerOptions, type EndpointLease, type EndpointState, type FailureKind } from './balance.js';
 export { IdentityManager, type HeldIdentity, type IdentityOptions, type IdentityStatus } from './identity.js';
 export { Upstreams, ConnectFailure, DEFAULT_UPSTREAM_LIMITS, type UpstreamLimits, type UpstreamOptions } from './upstream.js';
-export { forward, endToEndHeaders, hasBody, type ForwardOptions } from './forward.js';
+export { forward, endToEndHeaders, hasBody, DiscardedResponse, type ForwardOptions, type DownstreamRequest, type DownstreamResponse } from './forward.js';
+export { sendToService, IDEMPOTENT_METHODS, type SendOptions } from './send.js';
+export { ProxyMetrics, codeClass } from './metrics.js';
 export { MeshView, sniFor, parseSni, SOURCE_IDENTITY_HEADER, DEFAULT_CLUSTER_DOMAIN, type InboundTarget, type Resolution } from './mesh-view.js';

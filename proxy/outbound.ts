@@ -20,10 +20,11 @@ import type { Duplex } from 'node:stream';
 import type { Clock } from '../core/clock.js';
 import type { WardErrorCode } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
-import type { EndpointLease, EndpointSet, RetryBudget } from './balance.js';
-import { DiscardedResponse, endToEndHeaders, forward, hasBody, type DownstreamRequest, type DownstreamResponse } from './forward.js';
+import type { EndpointSet, RetryBudget } from './balance.js';
+import { endToEndHeaders, hasBody, type DownstreamRequest, type DownstreamResponse } from './forward.js';
 import type { HeldIdentity } from './identity.js';
-import { NOT_FORWARDED_HEADER, type MeshView } from './mesh-view.js';
+import type { MeshView } from './mesh-view.js';
+import { sendToService } from './send.js';
 import { codeClass, type ProxyMetrics } from './metrics.js';
 import { ConnectFailure, type Upstreams } from './upstream.js';
 
@@ -62,13 +63,8 @@ export const DEFAULT_OUTBOUND_LIMITS: OutboundLimits = Object.freeze({
   maxAttempts: 3,
 });
 
-/** Methods that may be replayed (RFC 9110 §9.2.2). */
-const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
-
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
 const HOST_RE = /^[A-Za-z0-9_.-]+$/;
-/** Proxy-to-proxy signals that end here (x-ward-error goes on to the workload: it explains a 5xx). */
-const OUTBOUND_RESPONSE_STRIP: ReadonlySet<string> = new Set([NOT_FORWARDED_HEADER]);
 
 export class OutboundListener {
   readonly workload: string;
@@ -240,91 +236,27 @@ export class OutboundListener {
     if (!set || set.size === 0) return this.#reject(res, 503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no endpoints`);
     if (this.#pending >= this.#limits.maxPending) return this.#reject(res, 503, 'WARD_PROXY_OVERLOADED', 'too many requests in flight');
     this.#pending++;
-    this.#dp.budget.deposit();
     const method = req.method ?? 'GET';
-    const body = hasBody(req);
     const headers = endToEndHeaders(req.headers);
     headers.host = t.port === 80 ? t.host : `${t.host}:${t.port}`;
-    const replayable = !body && IDEMPOTENT.has(method);
-    const tried = new Set<string>();
-    let abort: (() => void) | undefined;
-    let finished = false;
-    const finish = (): void => {
-      if (finished) return;
-      finished = true;
-      this.#pending--;
-    };
-    res.once('close', () => {
-      if (!finished) abort?.();
-      finish();
+    sendToService(req, res, {
+      serviceKey: r.key,
+      set,
+      port: r.port,
+      source,
+      upstreams: this.#dp.upstreams,
+      budget: this.#dp.budget,
+      method,
+      path: t.path,
+      headers,
+      body: hasBody(req),
+      maxAttempts: this.#limits.maxAttempts,
+      logger: this.#log,
+      onStatus: (status) => this.#dp.metrics.requests.inc({ direction: 'outbound', code: codeClass(status) }),
+      onRetry: (result) => this.#dp.metrics.retries.inc({ result }),
+      reject: (status, code, message) => this.#reject(res, status, code, message),
+      done: () => this.#pending--,
     });
-
-    const attempt = (n: number): void => {
-      const lease: EndpointLease | undefined = set.pick(tried);
-      if (!lease) {
-        finish();
-        return n === 1
-          ? this.#reject(res, 503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no healthy endpoint (${set.size} known, all ejected)`)
-          : this.#reject(res, 502, 'WARD_PROXY_UPSTREAM_FAILED', `every endpoint tried for ${r.key} failed`);
-      }
-      tried.add(lease.key);
-      const pool = this.#dp.upstreams.pool(source, lease.endpoint, r.port.targetPort);
-      abort = forward(pool, req, res, {
-        method,
-        path: t.path,
-        headers,
-        body,
-        // The destination proxy could not reach its workload (503 + not-forwarded): the endpoint is
-        // down as surely as if the connection had failed, and the request went nowhere.
-        // 503 + not-forwarded: the destination's workload never got the request (retry like a
-        // connect failure). 502 + WARD_PROXY_UPSTREAM_FAILED: its workload failed mid-request
-        // (e.g. killed); a replayable request may go elsewhere, within the retry budget (taken here).
-        // Only proxies can send these: the inbound strips x-ward-* from what applications answer.
-        stripResponse: OUTBOUND_RESPONSE_STRIP,
-        discard: (status, h) =>
-          n < this.#limits.maxAttempts &&
-          ((status === 503 && h[NOT_FORWARDED_HEADER] === '1' && !body) ||
-            (status === 502 && h['x-ward-error'] === 'WARD_PROXY_UPSTREAM_FAILED' && replayable && this.#dp.budget.tryWithdraw())),
-        onHeaders: (status) => {
-          this.#dp.metrics.requests.inc({ direction: 'outbound', code: codeClass(status) });
-          if (status >= 500) lease.fail('response');
-          else lease.succeed();
-        },
-        onDone: (err, started) => {
-          if (!err) return finish();
-          if (started) {
-            finish();
-            res.destroy();
-            return;
-          }
-          if (res.destroyed || res.writableEnded) {
-            lease.cancel();
-            return finish();
-          }
-          const cf = (err instanceof ConnectFailure ? err : (err as { cause?: unknown }).cause) as ConnectFailure | undefined;
-          const discarded = err instanceof DiscardedResponse ? err : undefined;
-          const notForwarded = discarded?.status === 503;
-          const before = cf instanceof ConnectFailure || notForwarded;
-          lease.fail(cf instanceof ConnectFailure ? cf.kind : notForwarded ? 'connect' : 'response');
-          const more = n < this.#limits.maxAttempts;
-          // Nothing was sent: any request may go to another endpoint. Sent: only a replayable one,
-          // within the budget (a discarded 502 already took its retry from the budget).
-          const retry = more && (before || discarded !== undefined || (replayable && this.#dp.budget.tryWithdraw()));
-          if (more && !before && replayable && !retry) this.#dp.metrics.retries.inc({ result: 'budget-exhausted' });
-          this.#log.debug({ err: err.message, endpoint: lease.endpoint.address, attempt: n, retry }, 'upstream attempt failed');
-          if (retry) {
-            this.#dp.metrics.retries.inc({ result: 'retried' });
-            return attempt(n + 1);
-          }
-          finish();
-          const timeout = (err as { code?: string }).code === 'UND_ERR_HEADERS_TIMEOUT';
-          if (timeout) return this.#reject(res, 504, 'WARD_PROXY_TIMEOUT', `${r.key} did not answer in time`);
-          this.#log.warn({ service: r.key, err: err.message }, 'request failed on every endpoint tried');
-          return this.#reject(res, 502, 'WARD_PROXY_UPSTREAM_FAILED', `${r.key}: ${err.message}`);
-        },
-      });
-    };
-    attempt(1);
   }
 
   #onConnect(req: IncomingMessage, socket: Duplex, head: Buffer): void {
