@@ -5,6 +5,7 @@ import { caHistoryCommands } from './ca-history.js';
 import { certCommands } from './cert.js';
 import { controlCommands } from './control.js';
 import { proxyCommands } from './proxy.js';
+import { ingressCommands } from './ingress.js';
 import { echoCommands } from './echo.js';
 import { upCommands } from './up.js';
 import { statusCommands } from './status.js';
@@ -15,7 +16,7 @@ import { policyCommands } from './policy.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...echoCommands, ...statusCommands, ...checkCommands, ...policyCommands];
+const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...ingressCommands, ...echoCommands, ...statusCommands, ...checkCommands, ...policyCommands];
 
 const VERSION = '0.1.0';
 

@@ -9,4 +9,5 @@ export { Upstreams, ConnectFailure, DEFAULT_UPSTREAM_LIMITS, type UpstreamLimits
 export { forward, endToEndHeaders, hasBody, DiscardedResponse, type ForwardOptions, type DownstreamRequest, type DownstreamResponse } from './forward.js';
 export { sendToService, IDEMPOTENT_METHODS, type SendOptions } from './send.js';
 export { ProxyMetrics, codeClass } from './metrics.js';
+export { AdminServer, type AdminSource } from './admin.js';
 export { MeshView, sniFor, parseSni, SOURCE_IDENTITY_HEADER, DEFAULT_CLUSTER_DOMAIN, type InboundTarget, type Resolution } from './mesh-view.js';

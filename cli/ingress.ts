@@ -1,0 +1,153 @@
+import { readFile } from 'node:fs/promises';
+import { WardError } from '../core/errors.js';
+import { systemClock } from '../core/clock.js';
+import { createLogger } from '../core/logger.js';
+import { createRegistry } from '../core/metrics.js';
+import { parseTrustDomain } from '../core/identity/index.js';
+import { TrustBundle } from '../core/pki/index.js';
+import { Ingress, type CertificateSource } from '../ingress/index.js';
+import { EXIT_OK, optional, required, type Command } from './command.js';
+import { adminAddressArg, hostPort, hostText, listenError, logLevelArg } from './ca.js';
+
+/** The token may also come from the environment, so that it never shows in `ps`. */
+const TOKEN_ENV = 'WARD_INGRESS_TOKEN';
+
+export const INGRESS_DEFAULTS = { https: '127.0.0.1:10443', http: '127.0.0.1:10080', admin: '127.0.0.1:15020' } as const;
+
+/** --cert HOST=CERT.pem,KEY.pem and --pfx HOST=BUNDLE.p12[,PASSPHRASE-FILE] → sources. */
+function certificateSources(certs: string[], pfxs: string[]): CertificateSource[] {
+  const out: CertificateSource[] = [];
+  for (const c of certs) {
+    const m = /^([^=]+)=([^,]+),(.+)$/.exec(c);
+    if (!m) throw new WardError('WARD_USAGE', `--cert wants HOST=CERT.pem,KEY.pem, got "${c}"`);
+    out.push({ host: m[1], certFile: m[2], keyFile: m[3] });
+  }
+  for (const p of pfxs) {
+    const m = /^([^=]+)=([^,]+)(?:,(.+))?$/.exec(p);
+    if (!m) throw new WardError('WARD_USAGE', `--pfx wants HOST=BUNDLE.p12[,PASSPHRASE-FILE], got "${p}"`);
+    out.push(m[3] ? { host: m[1], pfxFile: m[2], passphraseFile: m[3] } : { host: m[1], pfxFile: m[2] });
+  }
+  return out;
+}
+
+const ingress: Command = {
+  name: 'ingress',
+  summary: 'run the mesh ingress: external TLS termination and routing into the mesh',
+  options: {
+    bundle: { type: 'string' },
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    token: { type: 'string' },
+    'token-file': { type: 'string' },
+    state: { type: 'string' },
+    ca: { type: 'string', default: 'https://127.0.0.1:8443' },
+    discovery: { type: 'string', default: 'https://127.0.0.1:8444' },
+    https: { type: 'string', default: INGRESS_DEFAULTS.https },
+    http: { type: 'string', default: INGRESS_DEFAULTS.http },
+    'no-redirect': { type: 'boolean', default: false },
+    admin: { type: 'string', default: INGRESS_DEFAULTS.admin },
+    cert: { type: 'string', multiple: true },
+    pfx: { type: 'string', multiple: true },
+    ttl: { type: 'string' },
+    'cluster-domain': { type: 'string', default: 'cluster.local' },
+    'log-level': { type: 'string', default: 'info' },
+  },
+  help: `Usage: ward ingress --bundle FILE (--cert HOST=CERT,KEY | --pfx HOST=P12[,PASSFILE])...
+                    [--token TOKEN | --token-file FILE] [--state DIR] [--https HOST:PORT]
+                    [--http HOST:PORT | --no-redirect] [--admin HOST:PORT] [options]
+
+Runs the mesh ingress (DESIGN §7), the mesh's front door. It joins with an ingress join token
+("ward token create --ingress") as spiffe://<trust-domain>/ns/ward-system/sa/ward-ingress, follows
+the routes and endpoints the discovery pool pushes (ward.yaml "ingress.routes"), and:
+
+  https  TLS 1.2 (ECDHE + AEAD suites only) and 1.3, ALPN h2 and http/1.1, a certificate per host
+         chosen by SNI (exact or *.wildcard), reloaded when its files change (a bad new certificate
+         is refused and the old one kept). SNI and Host must agree (421); unknown host or path: 404.
+         Routes follow Kubernetes Ingress semantics (Exact / Prefix by path element, longest match).
+         Requests go into the mesh over mutual TLS with the ingress identity, balanced and failing
+         over like a node proxy; destination policies see the ingress identity. X-Forwarded-For,
+         -Proto, -Host and X-Request-Id are set; client-supplied identity headers are dropped.
+  http   redirects to https (308), unless --no-redirect.
+  admin  loopback only: /healthz, /readyz, /metrics, /v1/state.
+
+Flags:
+  --bundle FILE           the mesh trust bundle, PEM ("ward ca bundle --state DIR")
+  --cert HOST=CERT,KEY    a PEM certificate chain and key for HOST (repeatable)
+  --pfx HOST=P12[,PASS]   a PKCS#12 bundle for HOST, with an optional passphrase file (repeatable)
+  --token TOKEN           an ingress join token; or set ${TOKEN_ENV}; --token-file FILE reads it
+  --state DIR             keep the ingress identity here (0600), so a restart needs no new token
+  --ca URL, --discovery URL   the control plane (defaults https://127.0.0.1:8443, :8444)
+  --https HOST:PORT       default ${INGRESS_DEFAULTS.https}
+  --http HOST:PORT        default ${INGRESS_DEFAULTS.http}
+  --admin HOST:PORT       loopback only, default ${INGRESS_DEFAULTS.admin}
+  --ttl DURATION          requested mesh certificate lifetime (5m..24h)
+  --trust-domain TD, --cluster-domain NAME, --log-level LEVEL
+
+Once listening it prints on standard error:
+  ward ingress: https HOST:PORT http HOST:PORT admin http://HOST:PORT`,
+  async run(args, io) {
+    const bundleFile = required(args, 'bundle');
+    const trustDomain = parseTrustDomain(String(args.values['trust-domain']));
+    const level = logLevelArg(args);
+    const https = hostPort(String(args.values.https), '--https');
+    const http = args.values['no-redirect'] === true ? undefined : hostPort(String(args.values.http), '--http');
+    const admin = adminAddressArg(args);
+    const sources = certificateSources((args.values.cert as string[] | undefined) ?? [], (args.values.pfx as string[] | undefined) ?? []);
+    if (sources.length === 0) throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY or --pfx HOST=P12)');
+    for (const u of ['ca', 'discovery']) {
+      const text = String(args.values[u]);
+      if (!/^https:\/\/[^/]+\/?$/.test(text)) throw new WardError('WARD_USAGE', `--${u} must be https://HOST:PORT, got "${text}"`);
+    }
+    const tokenFile = optional(args, 'token-file');
+    let token = optional(args, 'token') ?? process.env[TOKEN_ENV];
+    if (tokenFile) token = (await readFile(tokenFile, 'utf8')).trim();
+    let bundle: TrustBundle;
+    try {
+      bundle = TrustBundle.fromPem(trustDomain, await readFile(bundleFile, 'utf8'));
+    } catch (err) {
+      throw new WardError('WARD_CONFIG_INVALID', `--bundle ${bundleFile}: ${(err as Error).message}`, { cause: err });
+    }
+    const logger = createLogger({ level });
+    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+    const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    const ing = new Ingress({
+      caUrl: String(args.values.ca),
+      discoveryUrl: String(args.values.discovery),
+      bundle,
+      joinToken: token,
+      stateDir: optional(args, 'state'),
+      ttl: optional(args, 'ttl'),
+      https,
+      http,
+      admin,
+      certificates: sources,
+      clusterDomain: String(args.values['cluster-domain']),
+      logger,
+      registry: createRegistry(),
+      clock: systemClock,
+    });
+    try {
+      let a;
+      try {
+        a = await ing.start();
+      } catch (err) {
+        throw listenError(err);
+      }
+      const plain = a.http ? ` http ${hostText(a.http.address)}:${a.http.port}` : '';
+      io.stderr.write(`ward ingress: https ${hostText(a.https.address)}:${a.https.port}${plain} admin http://${hostText(a.admin.address)}:${a.admin.port}\n`);
+      const signal = await stopped;
+      const closing = ing.close();
+      io.stderr.write(`ward ingress: ${signal}: draining and stopping\n`);
+      await closing;
+      return EXIT_OK;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      await ing.close();
+      logger.flush();
+    }
+  },
+};
+
+export const ingressCommands: Command[] = [ingress];

@@ -1,0 +1,229 @@
+/**
+ * Ingress: the composition of the mesh ingress (`ward ingress`, DESIGN §7).
+ *
+ *   IdentityManager ── joins with an ingress token as spiffe://TD/ns/ward-system/sa/ward-ingress
+ *   ControlClient ──── the pool's ingress view (endpoints, routes, bundle) → MeshView + RouteTable,
+ *                      validated whole (a bad version is NACKed; the previous one keeps serving)
+ *   CertificateStore ─ external certificates per host (SNI), hot-reloaded
+ *   IngressServer ──── HTTPS (+ HTTP redirect) → route → the mesh via the proxy's sendToService
+ *   AdminServer ────── loopback: healthz, readyz, metrics, state
+ *
+ * Everything reused from the node proxy comes through proxy/index.ts (balancer, upstream mTLS
+ * pools, forwarding and retries, identity manager, admin endpoint) — nothing is copied.
+ */
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import { systemClock, type Clock } from '../core/clock.js';
+import { ControlClient, type Timers } from '../core/control/index.js';
+import { SpiffeId } from '../core/identity/index.js';
+import type { Logger } from '../core/logger.js';
+import type { TrustBundle } from '../core/pki/index.js';
+import type { IngressRoute, ViewState } from '../core/protocol/index.js';
+import { AdminServer, EndpointSet, IdentityManager, MeshView, RetryBudget, Upstreams } from '../proxy/index.js';
+import { CertificateStore, type CertificateSource } from './certificates.js';
+import { IngressMetrics } from './metrics.js';
+import { RouteTable, type RouteBackend } from './routes.js';
+import { INGRESS_TLS, IngressServer, type IngressLimits } from './server.js';
+
+export interface IngressOptions {
+  caUrl: string;
+  discoveryUrl: string;
+  bundle: TrustBundle;
+  joinToken?: string;
+  stateDir?: string;
+  ttl?: string;
+  https: { host: string; port: number };
+  /** The plain-HTTP listener that redirects to HTTPS (308); none when absent. */
+  http?: { host: string; port: number };
+  admin: { host: string; port: number };
+  certificates: readonly CertificateSource[];
+  defaultBackend?: RouteBackend;
+  clusterDomain?: string;
+  limits?: Partial<IngressLimits>;
+  logger: Logger;
+  registry: Registry;
+  clock?: Clock;
+  timers?: Timers;
+  controlBackoff?: { initialMs: number; maxMs: number };
+}
+
+export interface IngressAddresses {
+  https: AddressInfo;
+  http?: AddressInfo;
+  admin: AddressInfo;
+}
+
+export class Ingress {
+  readonly #o: IngressOptions;
+  readonly #log: Logger;
+  readonly #clock: Clock;
+  readonly #identities: IdentityManager;
+  readonly #certs: CertificateStore;
+  readonly #upstreams: Upstreams;
+  readonly #budget: RetryBudget;
+  readonly #metrics: IngressMetrics;
+  readonly #balancers = new Map<string, EndpointSet>();
+  #view: MeshView;
+  #routes: RouteTable;
+  #candidate: { view: MeshView; routes: RouteTable; version: number } | undefined;
+  #server: IngressServer | undefined;
+  #admin: AdminServer | undefined;
+  #control: ControlClient | undefined;
+  #addresses: IngressAddresses | undefined;
+  #bundlePem: string;
+  #closing: Promise<void> | undefined;
+
+  constructor(o: IngressOptions) {
+    this.#o = o;
+    this.#log = o.logger.child({ component: 'ingress' });
+    this.#clock = o.clock ?? systemClock;
+    const td = o.bundle.trustDomain;
+    this.#metrics = new IngressMetrics(o.registry);
+    this.#identities = new IdentityManager({
+      caUrl: o.caUrl,
+      trustDomain: td,
+      node: 'ingress',
+      identity: SpiffeId.ingress(td).toString(),
+      bundle: o.bundle,
+      joinToken: o.joinToken,
+      stateDir: o.stateDir,
+      ttl: o.ttl,
+      clock: this.#clock,
+      timers: o.timers,
+      logger: o.logger,
+      registry: o.registry,
+    });
+    this.#certs = new CertificateStore({ sources: o.certificates, tls: INGRESS_TLS, clock: this.#clock, logger: o.logger, registry: o.registry, timers: o.timers });
+    this.#upstreams = new Upstreams({ trustDomain: td, bundle: () => this.#identities.bundle(), clock: this.#clock, logger: o.logger });
+    this.#budget = new RetryBudget({ clock: this.#clock });
+    this.#view = MeshView.empty(td, o.clusterDomain);
+    this.#routes = new RouteTable([], o.defaultBackend ? { defaultBackend: o.defaultBackend } : undefined);
+    this.#bundlePem = o.bundle.toPem();
+  }
+
+  async start(): Promise<IngressAddresses> {
+    await this.#certs.start();
+    await this.#identities.start();
+    this.#admin = new AdminServer({
+      source: { ready: () => this.ready(), state: () => this.state(), renewAll: () => this.#identities.renewAll() },
+      registry: this.#o.registry,
+      logger: this.#o.logger,
+    });
+    const admin = await this.#admin.listen(this.#o.admin.host, this.#o.admin.port);
+    this.#server = new IngressServer({
+      dataPlane: {
+        routes: () => this.#routes,
+        view: () => this.#view,
+        identity: () => {
+          try {
+            return this.#identities.node();
+          } catch {
+            return undefined;
+          }
+        },
+        balancer: (key) => this.#balancers.get(key),
+        upstreams: this.#upstreams,
+        budget: this.#budget,
+        metrics: this.#metrics,
+        logger: this.#o.logger,
+      },
+      certificates: this.#certs,
+      limits: this.#o.limits,
+    });
+    const listening = await this.#server.listen(this.#o.https, this.#o.http);
+    this.#addresses = { ...listening, admin };
+    const td = this.#o.bundle.trustDomain;
+    this.#control = new ControlClient({
+      url: this.#o.discoveryUrl,
+      trustDomain: td,
+      credentials: () => this.#identities.node().credentials,
+      validate: (next) => {
+        this.#candidate = { ...this.#build(next), version: next.version };
+      },
+      logger: this.#o.logger,
+      clock: this.#clock,
+      timers: this.#o.timers,
+      backoff: this.#o.controlBackoff,
+    });
+    this.#control.on('update', (state) => {
+      const built = this.#candidate?.version === state.version ? this.#candidate : this.#build(state);
+      this.#candidate = undefined;
+      this.#apply(built.view, built.routes);
+    });
+    this.#control.on('rejected', (frame, err) => this.#log.warn({ version: frame.version, err: err.message }, 'refused a configuration version from the pool; keeping the previous one'));
+    this.#control.start();
+    this.#log.info({ https: listening.https, http: listening.http, admin }, 'ingress started');
+    return this.#addresses;
+  }
+
+  /** Validates a pushed state whole: endpoints and bundle (MeshView) and the routes (RouteTable). */
+  #build(state: ViewState): { view: MeshView; routes: RouteTable } {
+    const view = MeshView.from(state, { trustDomain: this.#o.bundle.trustDomain, clusterDomain: this.#o.clusterDomain });
+    const routes: IngressRoute[] = [];
+    for (const r of state.resources.values()) if (r.kind === 'route') routes.push(r.value as IngressRoute);
+    return { view, routes: new RouteTable(routes, this.#o.defaultBackend ? { defaultBackend: this.#o.defaultBackend } : undefined) };
+  }
+
+  #apply(view: MeshView, routes: RouteTable): void {
+    if (view.bundle) {
+      const pem = view.bundle.toPem();
+      if (pem !== this.#bundlePem) {
+        this.#bundlePem = pem;
+        this.#identities.setBundle(view.bundle);
+      }
+    }
+    this.#view = view;
+    this.#routes = routes;
+    const live = new Set<string>();
+    for (const [key, s] of view.services) {
+      let set = this.#balancers.get(key);
+      if (!set) {
+        set = new EndpointSet(key, { clock: this.#clock, localNode: '' });
+        this.#balancers.set(key, set);
+      }
+      set.update(s.endpoints);
+      for (const e of s.endpoints) live.add(e.address);
+    }
+    for (const key of [...this.#balancers.keys()]) if (!view.services.has(key)) this.#balancers.delete(key);
+    this.#upstreams.retainEndpoints(live);
+  }
+
+  ready(): { ready: boolean; reasons: string[] } {
+    const reasons: string[] = [];
+    if (this.#view.version === 0) reasons.push('no configuration from the discovery pool yet');
+    try {
+      this.#identities.node();
+    } catch {
+      reasons.push('no valid ingress certificate');
+    }
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  state(): unknown {
+    const control = this.#control?.status();
+    return {
+      identity: this.#identities.nodeId.toString(),
+      configVersion: this.#view.version,
+      acknowledgedVersion: control?.ackedVersion ?? 0,
+      control: control ?? null,
+      listeners: this.#addresses ?? null,
+      hosts: this.#routes.hosts(),
+      certificates: this.#certs.list().map((c) => ({ host: c.host, subject: c.subject, notAfter: c.notAfter.toISOString(), fingerprint: c.fingerprint, source: c.source })),
+      meshCertificate: this.#identities.status(),
+      services: [...this.#view.services.keys()].map((key) => ({ service: key, endpoints: (this.#balancers.get(key)?.states() ?? []).map((e) => ({ address: e.endpoint.address, identity: e.endpoint.identity, workload: e.endpoint.workload, ejectedUntil: e.ejectedUntil })) })),
+    };
+  }
+
+  addresses(): IngressAddresses | undefined {
+    return this.#addresses;
+  }
+
+  close(graceMs = 5_000): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.#server?.close(graceMs);
+      await Promise.all([this.#control?.close(), this.#upstreams.close(), this.#identities.close(), this.#admin?.close()]);
+      this.#certs.close();
+    })();
+    return this.#closing;
+  }
+}
