@@ -47,6 +47,7 @@ const ingress: Command = {
     admin: { type: 'string', default: INGRESS_DEFAULTS.admin },
     cert: { type: 'string', multiple: true },
     pfx: { type: 'string', multiple: true },
+    'client-ca': { type: 'string', multiple: true },
     ttl: { type: 'string' },
     'cluster-domain': { type: 'string', default: 'cluster.local' },
     'log-level': { type: 'string', default: 'info' },
@@ -73,6 +74,10 @@ Flags:
   --bundle FILE           the mesh trust bundle, PEM ("ward ca bundle --state DIR")
   --cert HOST=CERT,KEY    a PEM certificate chain and key for HOST (repeatable)
   --pfx HOST=P12[,PASS]   a PKCS#12 bundle for HOST, with an optional passphrase file (repeatable)
+  --client-ca HOST=CA.pem mutual TLS at the edge for HOST: clients must present a certificate that
+                          chains to these CAs (clientAuth usage); the verified subject and SHA-256
+                          go to the backend in x-forwarded-client-cert (Hash=…;Subject="…"); a
+                          request without one is answered 403 (repeatable)
   --token TOKEN           an ingress join token; or set ${TOKEN_ENV}; --token-file FILE reads it
   --state DIR             keep the ingress identity here (0600), so a restart needs no new token
   --ca URL, --discovery URL   the control plane (defaults https://127.0.0.1:8443, :8444)
@@ -96,6 +101,12 @@ Once listening it prints on standard error:
     for (const u of ['ca', 'discovery']) {
       const text = String(args.values[u]);
       if (!/^https:\/\/[^/]+\/?$/.test(text)) throw new WardError('WARD_USAGE', `--${u} must be https://HOST:PORT, got "${text}"`);
+    }
+    const clientCaFiles = new Map<string, string>();
+    for (const c of (args.values['client-ca'] as string[] | undefined) ?? []) {
+      const m = /^([^=]+)=(.+)$/.exec(c);
+      if (!m) throw new WardError('WARD_USAGE', `--client-ca wants HOST=CA.pem, got "${c}"`);
+      clientCaFiles.set(m[1], m[2]);
     }
     const tokenFile = optional(args, 'token-file');
     let token = optional(args, 'token') ?? process.env[TOKEN_ENV];
@@ -122,6 +133,7 @@ Once listening it prints on standard error:
       http,
       admin,
       certificates: sources,
+      clientCaFiles,
       clusterDomain: String(args.values['cluster-domain']),
       logger,
       registry: createRegistry(),

@@ -11,13 +11,15 @@
  * Everything reused from the node proxy comes through proxy/index.ts (balancer, upstream mTLS
  * pools, forwarding and retries, identity manager, admin endpoint) — nothing is copied.
  */
+import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { systemClock, type Clock } from '../core/clock.js';
 import { ControlClient, type Timers } from '../core/control/index.js';
 import { SpiffeId } from '../core/identity/index.js';
 import type { Logger } from '../core/logger.js';
-import type { TrustBundle } from '../core/pki/index.js';
+import { parseCertificates, type Certificate, type TrustBundle } from '../core/pki/index.js';
+import { WardError } from '../core/errors.js';
 import type { IngressRoute, ViewState } from '../core/protocol/index.js';
 import { AdminServer, EndpointSet, IdentityManager, MeshView, RetryBudget, Upstreams } from '../proxy/index.js';
 import { CertificateStore, type CertificateSource } from './certificates.js';
@@ -37,6 +39,8 @@ export interface IngressOptions {
   http?: { host: string; port: number };
   admin: { host: string; port: number };
   certificates: readonly CertificateSource[];
+  /** Mutual TLS at the edge: host → PEM file of the CA certificates its clients must chain to. */
+  clientCaFiles?: ReadonlyMap<string, string>;
   defaultBackend?: RouteBackend;
   clusterDomain?: string;
   limits?: Partial<IngressLimits>;
@@ -129,6 +133,8 @@ export class Ingress {
       },
       certificates: this.#certs,
       limits: this.#o.limits,
+      clientAuth: await this.#clientCas(),
+      clock: this.#clock,
     });
     const listening = await this.#server.listen(this.#o.https, this.#o.http);
     this.#addresses = { ...listening, admin };
@@ -154,6 +160,22 @@ export class Ingress {
     this.#control.start();
     this.#log.info({ https: listening.https, http: listening.http, admin }, 'ingress started');
     return this.#addresses;
+  }
+
+  /** Reads the client CA files (once, at start): host → CA certificates. */
+  async #clientCas(): Promise<Map<string, readonly Certificate[]>> {
+    const out = new Map<string, readonly Certificate[]>();
+    for (const [host, file] of this.#o.clientCaFiles ?? []) {
+      let certs: Certificate[];
+      try {
+        certs = parseCertificates(await readFile(file, 'utf8'));
+      } catch (err) {
+        throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: ${file}: ${(err as Error).message}`, { cause: err });
+      }
+      if (!this.#certs.select(host)) throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: no certificate is configured for that host`);
+      out.set(host.toLowerCase(), certs);
+    }
+    return out;
   }
 
   /** Validates a pushed state whole: endpoints and bundle (MeshView) and the routes (RouteTable). */

@@ -22,7 +22,9 @@ import { createServer as createH2Server, type Http2Server, type Http2ServerReque
 import type { AddressInfo, Socket } from 'node:net';
 import { Transform } from 'node:stream';
 import { createServer as createTlsServer, type Server as TlsServer, type TLSSocket } from 'node:tls';
+import { systemClock, type Clock } from '../core/clock.js';
 import type { Logger } from '../core/logger.js';
+import { parseCertificate, validatePath, type Certificate } from '../core/pki/index.js';
 import { normalizeRequest, forwardTarget } from '../core/policy/index.js';
 import type { WardErrorCode } from '../core/errors.js';
 import {
@@ -127,16 +129,27 @@ export class IngressServer {
   readonly #sockets = new Set<Socket>();
   readonly #sessions = new Set<ServerHttp2Session>();
   #httpsPort = 443;
+  /** Hosts that require a client certificate → the CA certificates it must chain to. */
+  readonly #clientAuth: ReadonlyMap<string, readonly Certificate[]>;
+  readonly #clock: Clock;
+
   #closing: Promise<void> | undefined;
 
-  constructor(o: { dataPlane: IngressDataPlane; certificates: CertificateStore; limits?: Partial<IngressLimits> }) {
+  constructor(o: { dataPlane: IngressDataPlane; certificates: CertificateStore; limits?: Partial<IngressLimits>; clientAuth?: ReadonlyMap<string, readonly Certificate[]>; clock?: Clock }) {
     this.#dp = o.dataPlane;
+    this.#clientAuth = o.clientAuth ?? new Map();
+    this.#clock = o.clock ?? systemClock;
     this.#limits = { ...DEFAULT_INGRESS_LIMITS, ...o.limits };
     this.#log = o.dataPlane.logger.child({ component: 'ingress.server' });
     const handler = (req: Req, res: Res): void => this.#onRequest(req, res);
     this.#tls = createTlsServer({
       ...INGRESS_TLS,
       ALPNProtocols: ['h2', 'http/1.1'],
+      // Mutual TLS at the edge, for the hosts configured with a client CA: the certificate is asked
+      // for (only then) and verified after the handshake by Ward's path validator against that
+      // host's CA — per host, which OpenSSL's one verify store per server could not do.
+      requestCert: (o.clientAuth?.size ?? 0) > 0,
+      rejectUnauthorized: false,
       // An unknown (or absent) server name gets the first configured certificate, like nginx's
       // default server: the request then reaches the routing step and is answered 404 (or 421),
       // instead of failing in the handshake with nothing to tell the client.
@@ -156,8 +169,28 @@ export class IngressServer {
     this.#tls.on('secureConnection', (socket: TLSSocket) => {
       this.#dp.metrics.handshakes.inc({ protocol: String(socket.getProtocol() ?? 'unknown') });
       socket.setNoDelay(true);
-      if (socket.alpnProtocol === 'h2') this.#h2.emit('connection', socket);
-      else this.#h1.emit('connection', socket);
+      const hand = (): void => {
+        if (socket.destroyed) return;
+        if (socket.alpnProtocol === 'h2') this.#h2.emit('connection', socket);
+        else this.#h1.emit('connection', socket);
+      };
+      const sni = typeof socket.servername === 'string' ? socket.servername.toLowerCase() : '';
+      const roots = this.#clientAuth.get(sni);
+      if (!roots) return hand();
+      // Verified once per connection, before any request is read (the socket waits paused).
+      socket.pause();
+      this.#verifyClient(socket, roots).then(
+        (r) => {
+          (socket as unknown as Record<symbol, unknown>)[CLIENT_CERT] = r;
+          hand();
+          socket.resume();
+        },
+        (err: Error) => {
+          (socket as unknown as Record<symbol, unknown>)[CLIENT_CERT] = err;
+          hand();
+          socket.resume();
+        },
+      );
     });
     this.#h1 = createHttpServer(
       {
@@ -236,6 +269,22 @@ export class IngressServer {
     return this.#closing;
   }
 
+  async #verifyClient(socket: TLSSocket, roots: readonly Certificate[]): Promise<{ subject: string; fingerprint: string } | Error> {
+    const peer = socket.getPeerCertificate(true);
+    if (!peer || !peer.raw) return new Error('no client certificate was presented');
+    const chain: Certificate[] = [];
+    const seen = new Set<string>();
+    for (let c: typeof peer | undefined = peer; c && c.raw && !seen.has(c.fingerprint256); c = c.issuerCertificate as typeof peer | undefined) {
+      seen.add(c.fingerprint256);
+      chain.push(parseCertificate(c.raw));
+      if (chain.length > 10) break;
+    }
+    const [leaf, ...intermediates] = chain;
+    const r = await validatePath({ leaf, intermediates, roots: [...roots], at: new Date(this.#clock.now()), extendedKeyUsage: 'clientAuth' });
+    if (!r.ok) return new Error(`client certificate refused (${r.reason}): ${r.detail}`);
+    return { subject: leaf.subject, fingerprint: leaf.fingerprintSha256 };
+  }
+
   #reply(res: Res, status: number, host: string, route: string, message: string, code?: WardErrorCode): void {
     this.#dp.metrics.requests.inc({ host, route, code: String(status) });
     if (res.headersSent) {
@@ -274,6 +323,16 @@ export class IngressServer {
     // a connection (and certificate, and client-certificate check) made for one host to reach
     // another — HTTP/2 connection reuse does exactly that across hosts sharing a certificate.
     if (!host || !sni || host !== sni) return this.#reply(res, 421, hostLabel, 'none', 'misdirected request: the TLS server name and the Host header differ');
+    let clientCert: { subject: string; fingerprint: string } | undefined;
+    if (this.#clientAuth.has(host)) {
+      // A symbol property rather than a WeakMap: for HTTP/2, req.socket is a Proxy of the TLS socket.
+      const v = (socket as unknown as Record<symbol, { subject: string; fingerprint: string } | Error | undefined>)[CLIENT_CERT];
+      if (!v || v instanceof Error) {
+        this.#log.info({ host, reason: v ? v.message : 'not verified' }, 'client certificate required');
+        return this.#reply(res, 403, hostLabel, 'none', 'a valid client certificate is required for this host');
+      }
+      clientCert = v;
+    }
     const method = req.method ?? 'GET';
     const n = normalizeRequest({ method, host, path: req.url, port: this.#httpsPort, protocol: 'http' });
     if (!n.ok) return this.#reply(res, 400, hostLabel, 'none', `bad request (${n.reason})`, 'WARD_PROXY_REQUEST_INVALID');
@@ -295,6 +354,8 @@ export class IngressServer {
     headers['x-forwarded-proto'] = 'https';
     headers['x-forwarded-host'] = host;
     headers['x-request-id'] = randomUUID();
+    // The verified external client, Envoy's XFCC style (the client's own copy was dropped above).
+    if (clientCert) headers['x-forwarded-client-cert'] = `Hash=${clientCert.fingerprint.replaceAll(':', '').toLowerCase()};Subject=${JSON.stringify(clientCert.subject)}`;
     const body = hasBody(req);
     // Bodies are counted as they stream (chunked ones have no length up front): past the limit the
     // request is cut off and, if nothing was answered yet, answered 413.
@@ -337,6 +398,9 @@ export class IngressServer {
 }
 
 class BodyTooLarge extends Error {}
+
+/** On a TLS socket of a host with client auth: its verified client certificate, or why not. */
+const CLIENT_CERT = Symbol('ward.ingress.clientCertificate');
 
 /** "Host:port" / "[v6]:port" → lowercase host without port or trailing dot; undefined when absent. */
 export function hostOnly(authority: string | undefined): string | undefined {
