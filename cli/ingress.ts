@@ -48,6 +48,7 @@ const ingress: Command = {
     cert: { type: 'string', multiple: true },
     pfx: { type: 'string', multiple: true },
     'client-ca': { type: 'string', multiple: true },
+    'default-backend': { type: 'string' },
     ttl: { type: 'string' },
     'cluster-domain': { type: 'string', default: 'cluster.local' },
     'log-level': { type: 'string', default: 'info' },
@@ -78,6 +79,8 @@ Flags:
                           chains to these CAs (clientAuth usage); the verified subject and SHA-256
                           go to the backend in x-forwarded-client-cert (Hash=…;Subject="…"); a
                           request without one is answered 403 (repeatable)
+  --default-backend SERVICE.NAMESPACE:PORT
+                          where requests no route matches go (any host); default: 404
   --token TOKEN           an ingress join token; or set ${TOKEN_ENV}; --token-file FILE reads it
   --state DIR             keep the ingress identity here (0600), so a restart needs no new token
   --ca URL, --discovery URL   the control plane (defaults https://127.0.0.1:8443, :8444)
@@ -108,6 +111,13 @@ Once listening it prints on standard error:
       if (!m) throw new WardError('WARD_USAGE', `--client-ca wants HOST=CA.pem, got "${c}"`);
       clientCaFiles.set(m[1], m[2]);
     }
+    const db = optional(args, 'default-backend');
+    let defaultBackend: { service: string; port: number } | undefined;
+    if (db !== undefined) {
+      const m = /^([a-z0-9-]+\.[a-z0-9-]+):(\d{1,5})$/.exec(db);
+      if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new WardError('WARD_USAGE', `--default-backend wants SERVICE.NAMESPACE:PORT (a service port), got "${db}"`);
+      defaultBackend = { service: m[1], port: Number(m[2]) };
+    }
     const tokenFile = optional(args, 'token-file');
     let token = optional(args, 'token') ?? process.env[TOKEN_ENV];
     if (tokenFile) token = (await readFile(tokenFile, 'utf8')).trim();
@@ -134,6 +144,7 @@ Once listening it prints on standard error:
       admin,
       certificates: sources,
       clientCaFiles,
+      ...(defaultBackend ? { defaultBackend } : {}),
       clusterDomain: String(args.values['cluster-domain']),
       logger,
       registry: createRegistry(),
