@@ -83,8 +83,8 @@ export interface ProxyBenchOptions {
 export type PathName = 'direct' | 'ward' | 'nginx';
 
 /** One path in one HTTP phase. Latencies in ms; CPU in µs of CPU time per completed request. */
-export interface HttpRow {
-  path: PathName;
+export interface HttpRow<P extends string = PathName> {
+  path: P;
   /** Why there is no measurement (the path could not be set up, or this phase failed on it). */
   skipped?: string;
   /** Rounds measured: rates and percentiles are the median over them (max: the largest); CPU is summed over them / requests summed. */
@@ -227,17 +227,17 @@ const QUICK: Plan = {
 
 const TARGETS = { cpu: 2.5, throughput: 0.5, addedLatency: 1.5, p99: 1.5, tunnel: 0.8, memory: 1.5 } as const;
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const HERE = fileURLToPath(new URL('.', import.meta.url));
-const TD = 'bench.ward.test';
-const MiB = 1024 * 1024;
+export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+export const HERE = fileURLToPath(new URL('.', import.meta.url));
+export const TD = 'bench.ward.test';
+export const MiB = 1024 * 1024;
 
 /**
  * Loopback addresses: the mesh's (ward.yaml) and nginx's. Not the example mesh's (127.0.10.x,
  * 127.0.20.x, 127.0.30.x, what `ward up` and hand-run proxies use): Ward's ports are fixed (15001,
  * 15008), so a proxy someone runs by hand on the same machine would otherwise take them.
  */
-const ADDR = {
+export const ADDR = {
   nodeA: '127.0.110.1',
   nodeB: '127.0.110.2',
   client: '127.0.120.1',
@@ -247,7 +247,7 @@ const ADDR = {
 } as const;
 /** Ward's fixed ports: the outbound listener per workload and the inbound per node. */
 const WARD_OUTBOUND_PORT = 15001;
-const SERVICE_HTTP_PORT = 80;
+export const SERVICE_HTTP_PORT = 80;
 const SERVICE_SINK_PORT = 9000;
 
 /** When set, the `ward proxy` children run under `node --cpu-prof --cpu-prof-dir=$VALUE`. */
@@ -258,7 +258,7 @@ const INSTALL_NGINX = 'apt-get update && apt-get install -y nginx libnginx-mod-s
 // ---- processes --------------------------------------------------------------------------------
 
 /** Every process this benchmark started, so that each one is stopped on every way out. */
-class Children {
+export class Children {
   readonly #all = new Set<ChildProcess>();
 
   track<T extends ChildProcess>(c: T): T {
@@ -281,7 +281,7 @@ class Children {
   }
 }
 
-function isRunning(c: ChildProcess): boolean {
+export function isRunning(c: ChildProcess): boolean {
   return c.exitCode === null && c.signalCode === null;
 }
 
@@ -307,7 +307,7 @@ async function stopChild(c: ChildProcess, graceMs: number): Promise<void> {
 }
 
 /** pid and all its descendants (from /proc/<pid>/task/<tid>/children), parent first. */
-function processTree(pid: number): number[] {
+export function processTree(pid: number): number[] {
   const out: number[] = [];
   const walk = (p: number, depth: number): void => {
     out.push(p);
@@ -336,7 +336,7 @@ function processTree(pid: number): number[] {
  * utime and stime of a process (all its threads), in clock ticks; zeros when it is gone. With
  * `mainThread`, of its main thread only (/proc/<pid>/task/<pid>/stat).
  */
-function cpuTicks(pid: number, mainThread = false): { user: number; sys: number } {
+export function cpuTicks(pid: number, mainThread = false): { user: number; sys: number } {
   try {
     const stat = readFileSync(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, 'utf8');
     // Fields after the command name, which is in parentheses and may hold spaces: state is field 3.
@@ -348,7 +348,7 @@ function cpuTicks(pid: number, mainThread = false): { user: number; sys: number 
 }
 
 /** Context switches (voluntary + involuntary) of every thread of a process: about how often it slept and woke. */
-function contextSwitches(pid: number): number {
+export function contextSwitches(pid: number): number {
   let n = 0;
   let tasks: string[] = [];
   try {
@@ -367,7 +367,7 @@ function contextSwitches(pid: number): number {
   return n;
 }
 
-function rssMiB(pid: number): number {
+export function rssMiB(pid: number): number {
   try {
     const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) / 1024 : NaN;
@@ -379,7 +379,7 @@ function rssMiB(pid: number): number {
 const TAIL_BYTES = 16_384;
 
 /** A long-running child whose output is kept (a bounded tail) for error messages and start-up lines. */
-class Service {
+export class Service {
   readonly proc: ChildProcess;
   #tail = '';
   #search = '';
@@ -447,7 +447,7 @@ class Service {
   }
 }
 
-interface RunOutput {
+export interface RunOutput {
   code: number | null;
   stdout: string;
   stderr: string;
@@ -456,7 +456,7 @@ interface RunOutput {
 }
 
 /** Runs a command to completion, bounded by timeoutMs (then SIGKILL); output capped at 4 MiB. */
-function runCommand(children: Children, command: string, args: string[], opts: { timeoutMs: number; cwd?: string; env?: NodeJS.ProcessEnv }): Promise<RunOutput> {
+export function runCommand(children: Children, command: string, args: string[], opts: { timeoutMs: number; cwd?: string; env?: NodeJS.ProcessEnv }): Promise<RunOutput> {
   return new Promise((resolve) => {
     const c = children.track(spawn(command, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] }));
     let stdout = '';
@@ -479,7 +479,7 @@ function runCommand(children: Children, command: string, args: string[], opts: {
 }
 
 /** A free TCP port on host (bound and released: another process could take it first, unlikely on these addresses). */
-async function freePort(host: string): Promise<number> {
+export async function freePort(host: string): Promise<number> {
   const s = createServer();
   s.listen(0, host);
   await once(s, 'listening');
@@ -490,7 +490,7 @@ async function freePort(host: string): Promise<number> {
 }
 
 /** Resolves once host:port accepts a connection; rejects after timeoutMs. Polls every 50 ms. */
-async function waitForPort(host: string, port: number, timeoutMs: number, alive: () => boolean): Promise<void> {
+export async function waitForPort(host: string, port: number, timeoutMs: number, alive: () => boolean): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
     const ok = await new Promise<boolean>((resolve) => {
@@ -549,7 +549,7 @@ class LoadClient {
   }
 }
 
-async function startBackend(children: Children): Promise<{ pid: number; httpPort: number; sinkPort: number }> {
+export async function startBackend(children: Children): Promise<{ pid: number; httpPort: number; sinkPort: number }> {
   const child = children.track(
     fork(join(HERE, 'proxy-backend.ts'), [], { execArgv: process.execArgv, env: { ...process.env, [BACKEND_ROLE_ENV]: '1' }, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] }),
   );
@@ -566,14 +566,14 @@ async function startBackend(children: Children): Promise<{ pid: number; httpPort
 
 // ---- paths ------------------------------------------------------------------------------------
 
-interface Hop {
+export interface Hop {
   label: string;
   /** The hop's processes (nginx: master + worker), fixed once the hop is up. */
   pids: number[];
 }
 
-interface PathSetup {
-  name: PathName;
+export interface PathSetup<P extends string = PathName> {
+  name: P;
   hops: Hop[];
   http: HttpTarget;
   /** What wrk is pointed at, and its Lua script (absolute-form request for an HTTP proxy). */
@@ -584,7 +584,12 @@ interface PathSetup {
   tunnelSkipped?: string;
 }
 
-function wrkScript(dir: string, name: string, target: HttpTarget): string {
+/**
+ * wrk's Lua script for a path: the request (and Host header) of `target`, a done() that prints the
+ * figures as one JSON line. With `connectTo`, wrk connects there instead of resolving the URL's
+ * host, which still names the TLS server (SNI) and the Host header: wrk has no --resolve.
+ */
+export function wrkScript(dir: string, name: string, target: HttpTarget, connectTo?: { host: string; port: number }): string {
   const file = join(dir, `wrk-${name}.lua`);
   const q = (s: string): string => JSON.stringify(s); // a JSON string is a valid Lua string literal here (ASCII)
   writeFileSync(
@@ -594,6 +599,7 @@ function wrkScript(dir: string, name: string, target: HttpTarget): string {
       'wrk.method = "GET"',
       `wrk.path = ${q(target.path)}`,
       ...(target.host ? [`wrk.headers["Host"] = ${q(target.host)}`] : []),
+      ...(connectTo ? ['function wrk.resolve(host, service)', `  wrk.addrs = wrk.lookup(${q(connectTo.host)}, ${q(String(connectTo.port))})`, 'end'] : []),
       'function done(summary, latency, requests)',
       '  local e = summary.errors',
       '  io.write(string.format(\'WRKJSON {"requests":%.0f,"durationUs":%.0f,"connect":%.0f,"read":%.0f,"write":%.0f,"status":%.0f,"timeout":%.0f,"p50":%.0f,"p90":%.0f,"p99":%.0f,"max":%.0f}\\n\',',
@@ -633,7 +639,7 @@ interface NginxChain {
   version: string;
 }
 
-function nginxConf(o: { dir: string; streamModule?: string; http: string; stream?: string }): string {
+export function nginxConf(o: { dir: string; streamModule?: string; http: string; stream?: string }): string {
   const tmp = join(o.dir, 'tmp');
   return `# generated by bench/proxy.ts
 daemon off;
@@ -659,16 +665,57 @@ ${o.stream ? `stream {\n${o.stream}\n}` : ''}
 `;
 }
 
+/** nginx's version and `nginx -V` output (its configure arguments); or why there is none, with the command that installs it. */
+export async function detectNginx(children: Children, install: string): Promise<{ version: string; configure: string } | string> {
+  const v = await runCommand(children, 'nginx', ['-V'], { timeoutMs: 10_000 });
+  if (v.spawnError) return `nginx is not installed (${v.spawnError.code}); to include the nginx rows run: ${install}`;
+  return { version: /nginx version: (\S+)/.exec(v.stderr)?.[1] ?? 'nginx (unknown version)', configure: v.stderr };
+}
+
+/**
+ * Starts one nginx instance (master + one worker) from `conf` in its own directory `d` (made here,
+ * with its temp dirs), after `nginx -t`; resolves with its processes once every port in `ports`
+ * on `host` accepts connections and the worker is forked, or with why it could not start.
+ */
+export async function runNginx(o: { children: Children; d: string; name: string; conf: string; host: string; ports: number[] }): Promise<Hop | string> {
+  const { children, d, name } = o;
+  mkdirSync(join(d, 'tmp'), { recursive: true, mode: 0o700 });
+  writeFileSync(join(d, 'nginx.conf'), o.conf);
+  const args = ['-p', d, '-c', join(d, 'nginx.conf'), '-e', join(d, 'error.log')];
+  const t = await runCommand(children, 'nginx', ['-t', ...args], { timeoutMs: 15_000 });
+  if (t.code !== 0) return `${name}'s configuration was refused (nginx -t): ${t.stderr.trim().split('\n').slice(-3).join(' / ')}`;
+  const svc = new Service(name, children, 'nginx', args);
+  try {
+    for (const port of o.ports) await waitForPort(o.host, port, 10_000, () => isRunning(svc.proc));
+  } catch (err) {
+    let log = '';
+    try {
+      log = readFileSync(join(d, 'error.log'), 'utf8').trim().split('\n').slice(-3).join(' / ');
+    } catch {
+      // no log
+    }
+    return `${name} did not start: ${(err as Error).message}${log ? `; error.log: ${log}` : ''}${svc.tail() ? `; output: ${svc.tail(3)}` : ''}`;
+  }
+  // The worker is forked after the listeners are bound; it shows as the master's child.
+  const deadline = performance.now() + 5_000;
+  let pids = processTree(svc.pid);
+  while (pids.length < 2 && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    pids = processTree(svc.pid);
+  }
+  return { label: name, pids };
+}
+
 async function startNginx(o: { children: Children; dir: string; backendPort: number; sinkPort: number; progress: (s: string) => void; notes: string[] }): Promise<NginxChain | string> {
   const { children, dir } = o;
-  const v = await runCommand(children, 'nginx', ['-V'], { timeoutMs: 10_000 });
-  if (v.spawnError) return `nginx is not installed (${v.spawnError.code}); to include the nginx rows run: ${INSTALL_NGINX}`;
-  const version = /nginx version: (\S+)/.exec(v.stderr)?.[1] ?? 'nginx (unknown version)';
+  const detected = await detectNginx(children, INSTALL_NGINX);
+  if (typeof detected === 'string') return detected;
+  const { version, configure } = detected;
   // The stream module: built in (--with-stream), a dynamic module (--with-stream=dynamic), or absent.
   let streamModule: string | undefined;
   let streamMissing: string | undefined;
-  if (/--with-stream=dynamic\b/.test(v.stderr)) {
-    const prefix = /--prefix=(\S+)/.exec(v.stderr)?.[1] ?? '/usr/share/nginx';
+  if (/--with-stream=dynamic\b/.test(configure)) {
+    const prefix = /--prefix=(\S+)/.exec(configure)?.[1] ?? '/usr/share/nginx';
     streamModule = ['/usr/lib/nginx/modules/ngx_stream_module.so', '/usr/share/nginx/modules/ngx_stream_module.so', join(prefix, 'modules/ngx_stream_module.so')].find((f) => {
       try {
         return statSync(f).isFile();
@@ -677,7 +724,7 @@ async function startNginx(o: { children: Children; dir: string; backendPort: num
       }
     });
     if (!streamModule) streamMissing = 'the nginx stream module is not installed; for the nginx tunnel row run: apt-get install -y libnginx-mod-stream';
-  } else if (!/--with-stream\b/.test(v.stderr)) streamMissing = `${version} is built without the stream module; the nginx tunnel row needs one that has it`;
+  } else if (!/--with-stream\b/.test(configure)) streamMissing = `${version} is built without the stream module; the nginx tunnel row needs one that has it`;
 
   o.progress(`proxy: starting two nginx instances (${version}), mutual TLS 1.3 between them`);
   const pki = mintHierarchy();
@@ -782,33 +829,10 @@ async function startNginx(o: { children: Children; dir: string; backendPort: num
 
   const hops: Hop[] = [];
   for (const [i, conf] of [hop1, hop2].entries()) {
-    const d = join(dir, `nginx-${i + 1}`);
-    mkdirSync(join(d, 'tmp'), { recursive: true, mode: 0o700 });
-    writeFileSync(join(d, 'nginx.conf'), conf);
-    const args = ['-p', d, '-c', join(d, 'nginx.conf'), '-e', join(d, 'error.log')];
-    const t = await runCommand(children, 'nginx', ['-t', ...args], { timeoutMs: 15_000 });
-    if (t.code !== 0) return `nginx-${i + 1}'s configuration was refused (nginx -t): ${t.stderr.trim().split('\n').slice(-3).join(' / ')}`;
-    const svc = new Service(`nginx-${i + 1}`, children, 'nginx', args);
     const [host, ports] = i === 0 ? [ADDR.nginx1, [p1, ...(streamMissing ? [] : [t1])]] : [ADDR.nginx2, [p2, ...(streamMissing ? [] : [t2])]];
-    try {
-      for (const port of ports) await waitForPort(host, port, 10_000, () => isRunning(svc.proc));
-    } catch (err) {
-      let log = '';
-      try {
-        log = readFileSync(join(d, 'error.log'), 'utf8').trim().split('\n').slice(-3).join(' / ');
-      } catch {
-        // no log
-      }
-      return `nginx-${i + 1} did not start: ${(err as Error).message}${log ? `; error.log: ${log}` : ''}${svc.tail() ? `; output: ${svc.tail(3)}` : ''}`;
-    }
-    // The worker is forked after the listeners are bound; it shows as the master's child.
-    const deadline = performance.now() + 5_000;
-    let pids = processTree(svc.pid);
-    while (pids.length < 2 && performance.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 50));
-      pids = processTree(svc.pid);
-    }
-    hops.push({ label: `nginx-${i + 1}`, pids });
+    const hop = await runNginx({ children, d: join(dir, `nginx-${i + 1}`), name: `nginx-${i + 1}`, conf, host, ports });
+    if (typeof hop === 'string') return hop;
+    hops.push(hop);
   }
   if (streamMissing) o.notes.push(`nginx tunnel: ${streamMissing}`);
   const http: HttpTarget = { origin: `http://${ADDR.nginx1}:${p1}`, path: '/' };
@@ -827,8 +851,14 @@ async function startNginx(o: { children: Children; dir: string; backendPort: num
 
 // ---- Ward -------------------------------------------------------------------------------------
 
-/** How to run the `ward` command: the build in dist/ when it is current, else through tsx. */
-async function wardCommand(children: Children, progress: (s: string) => void, notes: string[]): Promise<{ command: string; prefix: string[]; label: string }> {
+export interface WardCli {
+  command: string;
+  prefix: string[];
+  label: string;
+}
+
+/** How to run the `ward` command: the build in dist/ when it is current, else through tsx. `tag` prefixes the progress line. */
+export async function wardCommand(children: Children, progress: (s: string) => void, notes: string[], tag = 'proxy'): Promise<WardCli> {
   const tsx = { command: process.execPath, prefix: ['--import', 'tsx', join(ROOT, 'cli/main.ts')], label: 'node --import tsx cli/main.ts' };
   const dist = { command: process.execPath, prefix: [join(ROOT, 'dist/cli/main.js')], label: 'node dist/cli/main.js' };
   const newestSource = (): number => {
@@ -847,7 +877,7 @@ async function wardCommand(children: Children, progress: (s: string) => void, no
         else if (e.endsWith('.ts') && !e.endsWith('.test.ts')) newest = Math.max(newest, s.mtimeMs);
       }
     };
-    for (const d of ['core', 'ca', 'discovery', 'proxy', 'cli']) walk(join(ROOT, d));
+    for (const d of ['core', 'ca', 'discovery', 'proxy', 'ingress', 'cli']) walk(join(ROOT, d));
     return newest;
   };
   const distTime = (): number => {
@@ -858,7 +888,7 @@ async function wardCommand(children: Children, progress: (s: string) => void, no
     }
   };
   if (distTime() >= newestSource()) return dist;
-  progress('proxy: dist/ is older than the sources; npm run build');
+  progress(`${tag}: dist/ is older than the sources; npm run build`);
   const b = await runCommand(children, 'npm', ['run', '-s', 'build'], { timeoutMs: 240_000 });
   if (b.code === 0 && distTime() >= newestSource()) return dist;
   // tsx loads the same code; its loader thread adds some memory to each process (see the memory note).
@@ -866,7 +896,8 @@ async function wardCommand(children: Children, progress: (s: string) => void, no
   return tsx;
 }
 
-function wardYaml(o: { httpPort: number; sinkPort: number }): string {
+/** The bench mesh's ward.yaml; `extra` (top-level YAML, e.g. an `ingress:` section) is appended. */
+export function wardYaml(o: { httpPort: number; sinkPort: number; extra?: string }): string {
   return `# generated by bench/proxy.ts
 apiVersion: ward.dev/v1alpha1
 kind: Mesh
@@ -889,7 +920,7 @@ services:
     namespace: bench
     ports: [{name: tcp, port: ${SERVICE_SINK_PORT}, targetPort: ${o.sinkPort}, protocol: tcp}]
     selector: {app: server}
-`;
+${o.extra ? `\n${o.extra}` : ''}`;
 }
 
 interface WardChain {
@@ -900,31 +931,56 @@ interface WardChain {
   cli: string;
 }
 
-async function startWard(o: {
+/** A running `ward control` (from a ward.yaml written for the run), the trust bundle and join tokens. */
+export interface WardControl {
+  cli: WardCli;
+  /** Runs a `ward` subcommand to completion. */
+  ward: (args: string[], timeoutMs?: number) => Promise<RunOutput>;
+  caUrl: string;
+  discoveryUrl: string;
+  bundleFile: string;
+  /** One join token per entry of `tokens`, in order. */
+  tokens: string[];
+}
+
+/**
+ * Starts `ward control --init` (CA + discovery on loopback, ports chosen by the system) from `yaml`
+ * in `dir`, writes the trust bundle and creates the join tokens (`ward token create` arguments, one
+ * list per token: ['--node', 'node-a'], ['--ingress']). While the control plane starts, each of
+ * `commands` (`ward X --help`) must succeed. Resolves with the control plane, or why it could not run.
+ */
+export async function startWardControl(o: {
   children: Children;
   dir: string;
-  backendPort: number;
-  sinkPort: number;
+  yaml: string;
+  commands: string[];
+  tokens: string[][];
   progress: (s: string) => void;
+  /** The progress line once the command is known, given its label. */
+  starting: (cliLabel: string) => string;
   notes: string[];
-}): Promise<WardChain | string> {
+  tag?: string;
+}): Promise<WardControl | string> {
   const { children, dir, progress } = o;
-  const cli = await wardCommand(children, progress, o.notes);
+  const cli = await wardCommand(children, progress, o.notes, o.tag);
   const ward = (args: string[], timeoutMs = 30_000): Promise<RunOutput> => runCommand(children, cli.command, [...cli.prefix, ...args], { timeoutMs });
-  progress(`proxy: starting ward control and two ward proxies (${cli.label})`);
+  progress(o.starting(cli.label));
   const state = join(dir, 'ward-state');
   const config = join(dir, 'ward.yaml');
-  writeFileSync(config, wardYaml({ httpPort: o.backendPort, sinkPort: o.sinkPort }));
+  writeFileSync(config, o.yaml);
   // Each ward invocation takes about a second to load, so what can overlap does: the control plane
-  // starts while `proxy --help` says whether the proxy exists at all.
+  // starts while `X --help` says whether the command exists at all.
   const control = new Service('ward control', children, cli.command, [
     ...cli.prefix, 'control', '--state', state, '--config', config, '--init',
     '--listen', '127.0.0.1:0', '--discovery', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--log-level', 'warn',
   ]);
   const controlUp = control.waitFor(/ward control: CA (https:\/\/\S+)\s+discovery (https:\/\/\S+)\s+admin/, 60_000);
   controlUp.catch(() => undefined);
-  const help = await ward(['proxy', '--help']);
-  if (help.code !== 0) return `could not run: \`ward proxy\` is not available (${cli.label} proxy --help: ${(help.stderr || help.stdout).trim().split('\n')[0]})`;
+  const helps = await Promise.all(o.commands.map((c) => ward([c, '--help'])));
+  for (const [i, help] of helps.entries()) {
+    const c = o.commands[i];
+    if (help.code !== 0) return `could not run: \`ward ${c}\` is not available (${cli.label} ${c} --help: ${(help.stderr || help.stdout).trim().split('\n')[0]})`;
+  }
   let caUrl: string;
   let discoveryUrl: string;
   try {
@@ -933,53 +989,94 @@ async function startWard(o: {
   } catch (err) {
     return `could not run: ward control did not start: ${(err as Error).message}`;
   }
-  const nodes = [['node-a', ADDR.nodeA], ['node-b', ADDR.nodeB]] as const;
   // The bundle beside the tokens; the tokens one after the other (each appends to the CA's state).
   const bundleRun = ward(['ca', 'bundle', '--state', state]);
   const tokens: string[] = [];
-  for (const [node] of nodes) {
-    const tok = await ward(['token', 'create', '--state', state, '--node', node]);
-    if (tok.code !== 0) return `could not run: ward token create --node ${node}: ${tok.stderr.trim()}`;
+  for (const args of o.tokens) {
+    const tok = await ward(['token', 'create', '--state', state, ...args]);
+    if (tok.code !== 0) return `could not run: ward token create ${args.join(' ')}: ${tok.stderr.trim()}`;
     tokens.push(tok.stdout.trim());
   }
   const bundle = await bundleRun;
   if (bundle.code !== 0) return `could not run: ward ca bundle: ${bundle.stderr.trim()}`;
   const bundleFile = join(dir, 'bundle.pem');
   writeFileSync(bundleFile, bundle.stdout);
+  return { cli, ward, caUrl, discoveryUrl, bundleFile, tokens };
+}
+
+/** Node flags for the `ward proxy` children: --cpu-prof into $WARD_BENCH_PROXY_CPU_PROF when set. */
+function wardProxyNodeFlags(): string[] {
   // Node flags, not NODE_OPTIONS (which refuses --cpu-prof); the profile is written on a clean exit (SIGTERM).
   const profDir = process.env[CPU_PROF_ENV];
-  const nodeFlags = profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
+  return profDir ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`] : [];
+}
+
+/** Starts `ward proxy` for a node of the bench mesh (its state in dir/NODE, admin on its address, port 0). */
+export function spawnWardProxy(children: Children, ctl: WardControl, o: { dir: string; node: string; address: string; token: string; nodeFlags?: string[] }): Service {
+  const { cli } = ctl;
+  return new Service(`ward proxy ${o.node}`, children, cli.command, [
+    ...(o.nodeFlags ?? []), ...cli.prefix, 'proxy', '--node', o.node, '--address', o.address, '--trust-domain', TD, '--ca', ctl.caUrl, '--discovery', ctl.discoveryUrl,
+    '--bundle', ctl.bundleFile, '--token', o.token, '--state', join(o.dir, o.node), '--admin', `${o.address}:0`, '--log-level', 'warn',
+  ]);
+}
+
+/**
+ * Waits for a Ward process's start-up line (`started`, whose named group `admin` is the admin base
+ * URL), then until its admin /readyz answers 200 (bounded poll). Resolves with the admin URL and
+ * the line's match, or with why it is not ready.
+ */
+export async function awaitAdminReady(p: Service, started: RegExp, timeoutMs = 60_000): Promise<{ admin: string; match: RegExpMatchArray } | string> {
+  let match: RegExpMatchArray;
+  try {
+    match = await p.waitFor(started, timeoutMs);
+  } catch (err) {
+    return `could not run: ${p.name} did not start: ${(err as Error).message}`;
+  }
+  const admin = match.groups?.admin ?? '';
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const status = await fetch(`${admin}/readyz`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.status, () => 0);
+    if (status === 200) return { admin, match };
+    if (!isRunning(p.proc)) return `could not run: ${p.name} exited before it was ready:\n${p.tail()}`;
+    if (performance.now() > deadline) return `could not run: ${p.name}: ${admin}/readyz still ${status || 'unreachable'} after ${timeoutMs / 1000} s:\n${p.tail()}`;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** `ward proxy`'s start-up line. */
+export const WARD_PROXY_STARTED = /ward proxy: node \S+ inbound \S+ admin (?<admin>http:\/\/\S+)/;
+
+async function startWard(o: {
+  children: Children;
+  dir: string;
+  backendPort: number;
+  sinkPort: number;
+  progress: (s: string) => void;
+  notes: string[];
+}): Promise<WardChain | string> {
+  const { children, dir } = o;
+  const nodes = [['node-a', ADDR.nodeA], ['node-b', ADDR.nodeB]] as const;
+  const ctl = await startWardControl({
+    children, dir, yaml: wardYaml({ httpPort: o.backendPort, sinkPort: o.sinkPort }), commands: ['proxy'], tokens: nodes.map(([node]) => ['--node', node]),
+    progress: o.progress, starting: (label) => `proxy: starting ward control and two ward proxies (${label})`, notes: o.notes,
+  });
+  if (typeof ctl === 'string') return ctl;
   // Both proxies start together; each is awaited until its admin /readyz answers 200.
-  const proxies = nodes.map(
-    ([node, address], i) =>
-      new Service(`ward proxy ${node}`, children, cli.command, [
-        ...nodeFlags, ...cli.prefix, 'proxy', '--node', node, '--address', address, '--trust-domain', TD, '--ca', caUrl, '--discovery', discoveryUrl,
-        '--bundle', bundleFile, '--token', tokens[i], '--state', join(dir, node), '--admin', `${address}:0`, '--log-level', 'warn',
-      ]),
-  );
+  const nodeFlags = wardProxyNodeFlags();
+  const proxies = nodes.map(([node, address], i) => spawnWardProxy(children, ctl, { dir, node, address, token: ctl.tokens[i], nodeFlags }));
   const admins: string[] = [];
   const ready = async (p: Service, i: number): Promise<string | undefined> => {
-    let admin: string;
-    try {
-      admin = admins[i] = (await p.waitFor(/ward proxy: node \S+ inbound \S+ admin (http:\/\/\S+)/, 60_000))[1];
-    } catch (err) {
-      return `could not run: ${p.name} did not start: ${(err as Error).message}`;
-    }
-    // Ready = certificates for its workloads and the pool's configuration (bounded poll).
-    const deadline = performance.now() + 60_000;
-    for (;;) {
-      const status = await fetch(`${admin}/readyz`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.status, () => 0);
-      if (status === 200) return undefined;
-      if (!isRunning(p.proc)) return `could not run: ${p.name} exited before it was ready:\n${p.tail()}`;
-      if (performance.now() > deadline) return `could not run: ${p.name}: ${admin}/readyz still ${status || 'unreachable'} after 60 s:\n${p.tail()}`;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    // Ready = certificates for its workloads and the pool's configuration.
+    const r = await awaitAdminReady(p, WARD_PROXY_STARTED);
+    if (typeof r === 'string') return r;
+    admins[i] = r.admin;
+    return undefined;
   };
   const failure = (await Promise.all(proxies.map(ready))).find((f) => f !== undefined);
   if (failure) return failure;
   const http: HttpTarget = { origin: `http://${ADDR.client}:${WARD_OUTBOUND_PORT}`, path: `http://server.bench:${SERVICE_HTTP_PORT}/`, host: `server.bench:${SERVICE_HTTP_PORT}` };
   return {
-    cli: cli.label,
+    cli: ctl.cli.label,
     proxies,
     admins,
     path: {
@@ -995,7 +1092,7 @@ async function startWard(o: {
 
 // ---- measurement ------------------------------------------------------------------------------
 
-interface Sampled<T> {
+export interface Sampled<T> {
   r: T;
   /** µs of CPU per hop, of which in the kernel, of which on the processes' main threads, and the backend's, over the run. */
   hopsUs: number[];
@@ -1006,7 +1103,7 @@ interface Sampled<T> {
   backendUs: number;
 }
 
-async function sampled<T>(path: PathSetup, backendPid: number, usPerTick: number, fn: () => Promise<T>): Promise<Sampled<T>> {
+export async function sampled<T>(path: { hops: Hop[] }, backendPid: number, usPerTick: number, fn: () => Promise<T>): Promise<Sampled<T>> {
   const sum = (pids: number[], main: boolean): { user: number; sys: number } =>
     pids.map((pid) => cpuTicks(pid, main)).reduce((a, b) => ({ user: a.user + b.user, sys: a.sys + b.sys }), { user: 0, sys: 0 });
   const ticks = (main: boolean): { user: number; sys: number }[] => [...path.hops.map((h) => sum(h.pids, main)), sum([backendPid], main)];
@@ -1025,7 +1122,7 @@ async function sampled<T>(path: PathSetup, backendPid: number, usPerTick: number
 }
 
 /** One measured run of one path in one round, before the rounds are combined. */
-interface HttpRun {
+export interface HttpRun {
   requests: number;
   errors: number;
   firstError?: string;
@@ -1046,9 +1143,9 @@ interface TunnelRun {
 
 const PATHS = ['direct', 'ward', 'nginx'] as const;
 
-const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
+export const mean = (xs: number[]): number => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : NaN);
 
-function cpuPerRequest(s: Sampled<unknown>, requests: number): HttpRow['cpuUsPerRequest'] {
+export function cpuPerRequest(s: Sampled<unknown>, requests: number): HttpRow['cpuUsPerRequest'] {
   const hops = s.hopsUs.map((us) => us / requests);
   const all = s.hopsUs.reduce((a, b) => a + b, 0);
   const sys = s.hopsSysUs.reduce((a, b) => a + b, 0);
@@ -1063,12 +1160,12 @@ function cpuPerRequest(s: Sampled<unknown>, requests: number): HttpRow['cpuUsPer
   };
 }
 
-const NO_LATENCY = { p50: NaN, p90: NaN, p99: NaN, max: NaN };
-const skippedRow = (path: PathName, why: string): HttpRow => ({
+export const NO_LATENCY = { p50: NaN, p90: NaN, p99: NaN, max: NaN };
+export const skippedRow = <P extends string>(path: P, why: string): HttpRow<P> => ({
   path, skipped: why, rounds: 0, requests: 0, errors: 0, rps: NaN, latencyMs: NO_LATENCY, cpuUsPerRequest: { hops: [], mean: NaN, sysShare: NaN, otherThreadsShare: NaN, switchesPerRequest: NaN, backend: NaN },
 });
 
-interface WrkOutput {
+export interface WrkOutput {
   requests: number;
   durationUs: number;
   connect: number;
@@ -1082,7 +1179,7 @@ interface WrkOutput {
   max: number;
 }
 
-async function runWrk(children: Children, path: PathSetup, connections: number, seconds: number): Promise<WrkOutput> {
+export async function runWrk(children: Children, path: { wrkUrl: string; wrkScript: string }, connections: number, seconds: number): Promise<WrkOutput> {
   const args = ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '-s', path.wrkScript, path.wrkUrl];
   const r = await runCommand(children, 'wrk', args, { timeoutMs: seconds * 1000 + 15_000 });
   const line = r.stdout.split('\n').find((l) => l.startsWith('WRKJSON '));
@@ -1090,7 +1187,22 @@ async function runWrk(children: Children, path: PathSetup, connections: number, 
   return JSON.parse(line.slice('WRKJSON '.length)) as WrkOutput;
 }
 
-function rotate<T>(xs: T[], k: number): T[] {
+/** One measured wrk run of a path, with the CPU of its hops and of the backend over it. */
+export async function wrkRun(children: Children, path: { hops: Hop[]; wrkUrl: string; wrkScript: string }, backendPid: number, usPerTick: number, connections: number, seconds: number): Promise<HttpRun> {
+  const s = await sampled(path, backendPid, usPerTick, () => runWrk(children, path, connections, seconds));
+  const w = s.r;
+  const errors = w.connect + w.read + w.write + w.status + w.timeout;
+  return {
+    requests: w.requests,
+    errors,
+    ...(errors ? { firstError: `wrk errors: connect ${w.connect}, read ${w.read}, write ${w.write}, non-2xx ${w.status}, timeout ${w.timeout}` } : {}),
+    rps: w.requests / (w.durationUs / 1e6),
+    latencyMs: { p50: w.p50 / 1000, p90: w.p90 / 1000, p99: w.p99 / 1000, max: w.max / 1000 },
+    cpu: s,
+  };
+}
+
+export function rotate<T>(xs: T[], k: number): T[] {
   const n = xs.length;
   return xs.map((_, i) => xs[(i + k) % n]);
 }
@@ -1107,22 +1219,7 @@ export async function runProxyBench(opts: ProxyBenchOptions = {}): Promise<Proxy
   const unavailable: ProxyBenchResult['unavailable'] = {};
   const children = new Children();
   const dir = mkdtempSync(join(os.tmpdir(), 'ward-bench-proxy-'));
-
-  // Cleanup on every way out: normally (finally), on process exit, and on a signal (then re-raised).
-  const cleanupNow = (): void => {
-    children.killAllNow();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  const onSignal = (signal: NodeJS.Signals): void => {
-    process.stderr.write(`\nproxy bench: ${signal}: stopping its processes and removing ${dir}\n`);
-    cleanupNow();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    process.kill(process.pid, signal);
-  };
-  process.on('exit', cleanupNow);
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const release = guardCleanup(children, dir, 'proxy bench');
 
   try {
     // An idle Node process: the memory reference for the proxies.
@@ -1218,19 +1315,7 @@ export async function runProxyBench(opts: ProxyBenchOptions = {}): Promise<Proxy
     const throughput = httpRows(
       await phase('throughput', 0, async (p, round): Promise<HttpRun> => {
         progress(`proxy: throughput ${p.name}: ${plan.connections} connections, ${plan.throughputS} s (${wrkAvailable ? 'wrk' : 'node'})${roundTag(round)}`);
-        if (wrkAvailable) {
-          const s = await sampled(p, backend.pid, usPerTick, () => runWrk(children, p, plan.connections, plan.throughputS));
-          const w = s.r;
-          const errors = w.connect + w.read + w.write + w.status + w.timeout;
-          return {
-            requests: w.requests,
-            errors,
-            ...(errors ? { firstError: `wrk errors: connect ${w.connect}, read ${w.read}, write ${w.write}, non-2xx ${w.status}, timeout ${w.timeout}` } : {}),
-            rps: w.requests / (w.durationUs / 1e6),
-            latencyMs: { p50: w.p50 / 1000, p90: w.p90 / 1000, p99: w.p99 / 1000, max: w.max / 1000 },
-            cpu: s,
-          };
-        }
+        if (wrkAvailable) return wrkRun(children, p, backend.pid, usPerTick, plan.connections, plan.throughputS);
         const s = await sampled(p, backend.pid, usPerTick, () =>
           load.run<ClosedResult>({ t: 'closed', target: p.http, concurrency: plan.connections, durationMs: plan.throughputS * 1000, maxRequests: 10_000_000 }, plan.throughputS * 1000 + 30_000),
         );
@@ -1316,27 +1401,57 @@ export async function runProxyBench(opts: ProxyBenchOptions = {}): Promise<Proxy
   } finally {
     progress('proxy: stopping every process');
     await children.stopAll(5_000);
-    process.off('exit', cleanupNow);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    release();
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+/**
+ * Cleanup on every way out of a benchmark: the caller stops `children` and removes `dir` itself on
+ * the normal way (finally); this covers process exit and SIGINT/SIGTERM (which it then re-raises).
+ * Returns the function that uninstalls the handlers.
+ */
+export function guardCleanup(children: Children, dir: string, name: string): () => void {
+  const cleanupNow = (): void => {
+    children.killAllNow();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    process.stderr.write(`\n${name}: ${signal}: stopping its processes and removing ${dir}\n`);
+    cleanupNow();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    process.kill(process.pid, signal);
+  };
+  process.on('exit', cleanupNow);
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return () => {
+    process.off('exit', cleanupNow);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
+}
+
 /** A reason's first line, capped: the full text is printed once, under the tables. */
-function shortReason(why: string): string {
+export function shortReason(why: string): string {
   const first = why.split('\n')[0].replace(/:$/, '');
   return first.length > 110 ? `${first.slice(0, 107)}...` : first;
 }
 
 /** The ward_proxy_*_total series of a proxy's admin /metrics ({} when unreachable). */
 async function proxyCounters(admin: string): Promise<Record<string, number>> {
+  return adminCounters(admin, 'ward_proxy_');
+}
+
+/** The PREFIX*_total series of a Ward process's admin /metrics ({} when unreachable). */
+export async function adminCounters(admin: string, prefix: string): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
   try {
     const text = await fetch(`${admin}/metrics`, { signal: AbortSignal.timeout(5_000) }).then((r) => r.text());
     for (const line of text.split('\n')) {
-      const m = /^(ward_proxy_\w+_total(?:\{[^}]*\})?) (\S+)$/.exec(line);
-      if (m) out[m[1]] = Number(m[2]);
+      const m = /^(\w+_total(?:\{[^}]*\})?) (\S+)$/.exec(line);
+      if (m && m[1].startsWith(prefix)) out[m[1]] = Number(m[2]);
     }
   } catch {
     // diagnostics only
@@ -1356,7 +1471,7 @@ function closedRun(s: Sampled<ClosedResult>): HttpRun {
   };
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
   if (v.length === 0) return NaN;
   const mid = v.length >> 1;
@@ -1364,7 +1479,7 @@ function median(xs: number[]): number {
 }
 
 /** Element-wise sum of CPU samples (rounds of one path). */
-function sumSampled(xs: Sampled<unknown>[]): Sampled<undefined> {
+export function sumSampled(xs: Sampled<unknown>[]): Sampled<undefined> {
   const add = (pick: (x: Sampled<unknown>) => number[]): number[] => xs.map(pick).reduce((a, b) => a.map((v, i) => v + b[i]));
   return {
     r: undefined,
@@ -1377,7 +1492,7 @@ function sumSampled(xs: Sampled<unknown>[]): Sampled<undefined> {
 }
 
 /** A path's rounds as one row: rates and percentiles are the median over rounds (max: the largest), CPU is summed over rounds / requests summed. */
-function combineHttp(path: PathName, runs: HttpRun[]): HttpRow {
+export function combineHttp<P extends string>(path: P, runs: HttpRun[]): HttpRow<P> {
   const med = (f: (r: HttpRun) => number | undefined): number => median(runs.map((r) => f(r) ?? NaN));
   const requests = runs.reduce((a, r) => a + r.requests, 0);
   const firstError = runs.find((r) => r.firstError !== undefined)?.firstError;
@@ -1509,22 +1624,22 @@ function assemble(o: {
 
 // ---- report -----------------------------------------------------------------------------------
 
-const f1 = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(1));
-const f2 = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(2));
-const f3 = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(3));
-const int = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : Math.round(n).toLocaleString('en-US'));
-const x = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : `${n.toFixed(2)}x`);
+export const f1 = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(1));
+export const f2 = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(2));
+export const f3 = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : n.toFixed(3));
+export const int = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : Math.round(n).toLocaleString('en-US'));
+export const x = (n: number | undefined): string => (n === undefined || !Number.isFinite(n) ? '-' : `${n.toFixed(2)}x`);
 
-function table(header: string[], body: string[][]): string[] {
+export function table(header: string[], body: string[][]): string[] {
   const widths = header.map((h, c) => Math.max(h.length, ...body.map((b) => (b[c] ?? '').length)));
   const line = (cells: string[]): string => cells.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c]))).join('  ').trimEnd();
   return [line(header), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)];
 }
 
-const pct = (n: number): string => (Number.isFinite(n) ? `${Math.round(n * 100)}%` : '-');
-const cpuCells = (c: HttpRow['cpuUsPerRequest']): string[] => [c.hops.length ? c.hops.map(f1).join(' / ') : '-', c.hops.length ? f1(c.mean) : '-', pct(c.sysShare), pct(c.otherThreadsShare), f2(c.switchesPerRequest), f1(c.backend)];
+export const pct = (n: number): string => (Number.isFinite(n) ? `${Math.round(n * 100)}%` : '-');
+export const cpuCells = (c: HttpRow['cpuUsPerRequest']): string[] => [c.hops.length ? c.hops.map(f1).join(' / ') : '-', c.hops.length ? f1(c.mean) : '-', pct(c.sysShare), pct(c.otherThreadsShare), f2(c.switchesPerRequest), f1(c.backend)];
 
-function httpTable(rows: HttpRow[], opts: { rate?: boolean; added?: ProxyBenchResult['addedLatencyPerHopMs'] } = {}): string[] {
+export function httpTable<P extends string>(rows: HttpRow<P>[], opts: { rate?: boolean; added?: Partial<Record<P, number>> } = {}): string[] {
   const header = [
     'path', opts.rate ? 'achieved req/s' : 'req/s', 'p50 ms', 'p90 ms', 'p99 ms', 'max ms',
     ...(opts.rate ? ['p99 from send', 'send lag p99'] : []), ...(opts.added ? ['added/hop ms'] : []),
@@ -1555,7 +1670,12 @@ function ratioLine(r: ProxyBenchResult, phase: string): string {
 
 /** One line per target, each with its verdict. */
 export function proxyTargetLines(r: ProxyBenchResult): string[] {
-  return r.targets.map((t) => {
+  return targetLines(r.targets);
+}
+
+/** One line per target, each with its verdict (PASS, BELOW TARGET or NOT MEASURED) and its figures. */
+export function targetLines(targets: Target[]): string[] {
+  return targets.map((t) => {
     const verdict = t.pass === undefined ? 'NOT MEASURED' : t.pass ? 'PASS' : 'BELOW TARGET';
     const figures = t.ratio === undefined ? (t.note ?? '') : `${f3(t.ward)} vs ${f3(t.reference)} ${t.unit} = ${x(t.ratio)} (target ${t.direction === 'max' ? '<=' : '>='} ${t.limit}x)`;
     return `  ${verdict.padEnd(12)} ${t.name}: ${figures}`;

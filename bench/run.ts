@@ -15,6 +15,7 @@ import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { formatCaBench, runCaBench } from './ca.js';
 import { formatDiscoveryBench, runDiscoveryBench } from './discovery.js';
+import { formatIngressBench, ingressHeadline, runIngressBench } from './ingress.js';
 import { formatProxyBench, proxyHeadline, runProxyBench } from './proxy.js';
 
 interface Benchmark {
@@ -48,6 +49,13 @@ const BENCHMARKS: Benchmark[] = [
     async run(o) {
       const r = await runProxyBench(o);
       return { report: formatProxyBench(r), headline: proxyHeadline(r), belowTarget: r.belowTarget, json: r };
+    },
+  },
+  {
+    name: 'ingress',
+    async run(o) {
+      const r = await runIngressBench(o);
+      return { report: formatIngressBench(r), headline: ingressHeadline(r), belowTarget: r.belowTarget, json: r };
     },
   },
 ];

@@ -6,7 +6,7 @@ import { createRegistry } from '../core/metrics.js';
 import { parseTrustDomain } from '../core/identity/index.js';
 import { TrustBundle } from '../core/pki/index.js';
 import { Ingress, type CertificateSource } from '../ingress/index.js';
-import { EXIT_OK, optional, required, type Command } from './command.js';
+import { EXIT_OK, durationFlag, optional, required, type Command } from './command.js';
 import { adminAddressArg, hostPort, hostText, listenError, logLevelArg } from './ca.js';
 
 /** The token may also come from the environment, so that it never shows in `ps`. */
@@ -49,6 +49,8 @@ const ingress: Command = {
     pfx: { type: 'string', multiple: true },
     'client-ca': { type: 'string', multiple: true },
     'default-backend': { type: 'string' },
+    'headers-timeout': { type: 'string', default: '10s' },
+    'max-body': { type: 'string', default: String(10 * 1024 * 1024) },
     ttl: { type: 'string' },
     'cluster-domain': { type: 'string', default: 'cluster.local' },
     'log-level': { type: 'string', default: 'info' },
@@ -88,6 +90,9 @@ Flags:
   --http HOST:PORT        default ${INGRESS_DEFAULTS.http}
   --admin HOST:PORT       loopback only, default ${INGRESS_DEFAULTS.admin}
   --ttl DURATION          requested mesh certificate lifetime (5m..24h)
+  --headers-timeout DURATION  a client must send its request headers within this (default 10s;
+                          slowloris connections are answered 408 and closed)
+  --max-body BYTES        largest request body (default 10485760); larger: 413
   --trust-domain TD, --cluster-domain NAME, --log-level LEVEL
 
 Once listening it prints on standard error:
@@ -111,6 +116,10 @@ Once listening it prints on standard error:
       if (!m) throw new WardError('WARD_USAGE', `--client-ca wants HOST=CA.pem, got "${c}"`);
       clientCaFiles.set(m[1], m[2]);
     }
+    const headersTimeoutMs = durationFlag(args, 'headers-timeout')!;
+    if (!(headersTimeoutMs >= 100)) throw new WardError('WARD_USAGE', '--headers-timeout must be at least 100ms');
+    const maxBodyBytes = Number(args.values['max-body']);
+    if (!Number.isSafeInteger(maxBodyBytes) || maxBodyBytes < 0) throw new WardError('WARD_USAGE', `--max-body must be a number of bytes, got "${String(args.values['max-body'])}"`);
     const db = optional(args, 'default-backend');
     let defaultBackend: { service: string; port: number } | undefined;
     if (db !== undefined) {
@@ -144,6 +153,7 @@ Once listening it prints on standard error:
       admin,
       certificates: sources,
       clientCaFiles,
+      limits: { headersTimeoutMs, maxBodyBytes },
       ...(defaultBackend ? { defaultBackend } : {}),
       clusterDomain: String(args.values['cluster-domain']),
       logger,

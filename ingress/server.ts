@@ -198,6 +198,8 @@ export class IngressServer {
         headersTimeout: this.#limits.headersTimeoutMs,
         requestTimeout: this.#limits.requestTimeoutMs,
         keepAliveTimeout: this.#limits.idleTimeoutMs,
+        // node:http enforces headersTimeout/requestTimeout only when it checks (default every 30 s).
+        connectionsCheckingInterval: 1_000,
       },
       handler as (req: IncomingMessage, res: ServerResponse) => void,
     );
@@ -224,7 +226,7 @@ export class IngressServer {
       session.setTimeout(this.#limits.idleTimeoutMs, () => session.close());
       session.once('close', () => this.#sessions.delete(session));
     });
-    this.#redirect = createHttpServer({ maxHeaderSize: 8 * 1024, headersTimeout: 5_000, requestTimeout: 10_000 }, (req, res) => this.#onPlainHttp(req, res));
+    this.#redirect = createHttpServer({ maxHeaderSize: 8 * 1024, headersTimeout: 5_000, requestTimeout: 10_000, connectionsCheckingInterval: 1_000 }, (req, res) => this.#onPlainHttp(req, res));
   }
 
   async listen(https: { host: string; port: number }, http?: { host: string; port: number }): Promise<{ https: AddressInfo; http?: AddressInfo }> {
@@ -292,7 +294,9 @@ export class IngressServer {
       return;
     }
     const body = `${message}\n`;
-    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...(code ? { 'x-ward-error': code } : {}) });
+    // After a 413 the rest of the body is not worth reading: close instead of draining it.
+    const close = status === 413 && 'shouldKeepAlive' in res ? { connection: 'close' } : {};
+    res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(body), ...close, ...(code ? { 'x-ward-error': code } : {}) });
     res.end(body);
   }
 

@@ -125,6 +125,8 @@ export class InboundServer {
         headersTimeout: this.#limits.headersTimeoutMs,
         requestTimeout: this.#limits.requestTimeoutMs,
         keepAliveTimeout: this.#limits.idleTimeoutMs,
+        // node:http enforces headersTimeout/requestTimeout only when it checks (default every 30 s).
+        connectionsCheckingInterval: 1_000,
       },
       (req, res) => this.#onRequest(req, res),
     );

@@ -93,6 +93,8 @@ export class OutboundListener {
         headersTimeout: this.#limits.headersTimeoutMs,
         requestTimeout: this.#limits.requestTimeoutMs,
         keepAliveTimeout: this.#limits.idleTimeoutMs,
+        // node:http enforces headersTimeout/requestTimeout only when it checks (default every 30 s).
+        connectionsCheckingInterval: 1_000,
         // Smuggling-resistant parsing stays on (insecureHTTPParser is false by default).
       },
       handler as (req: IncomingMessage, res: ServerResponse) => void,

@@ -39,14 +39,51 @@ export interface WorkloadSpec {
   app?: 'http' | 'tcp' | 'none';
 }
 
+/** One ward.yaml `ingress.routes` entry (Kubernetes Ingress semantics; service is "name.namespace"). */
+export interface IngressRouteSpec {
+  host: string;
+  paths: { path: string; pathType?: 'Exact' | 'Prefix'; service: string; port: number }[];
+}
+
 export interface MeshSpec {
   nodes: NodeSpec[];
   workloads: WorkloadSpec[];
   services: { name: string; namespace: string; ports: { name?: string; port: number; targetPort: number; protocol: 'http' | 'tcp' }[]; selector: Record<string, string> }[];
   policies?: unknown[];
+  /** ward.yaml `ingress` (written only when given, so meshes without one keep their exact ward.yaml). */
+  ingress?: { routes: IngressRouteSpec[] };
 }
 
 type Child = ReturnType<typeof spawnWard>;
+
+export interface StartIngressOptions {
+  /** `--cert HOST=CERT.pem,KEY.pem` values. */
+  certs?: string[];
+  /** `--pfx HOST=BUNDLE.p12[,PASSPHRASE-FILE]` values. */
+  pfx?: string[];
+  /** false: `--no-redirect` (no plain-HTTP listener). Default true. */
+  redirect?: boolean;
+  /** Default 'info' (certificate loads and refusals are logged at info and warn). */
+  logLevel?: string;
+  extraArgs?: string[];
+}
+
+/** A running `ward ingress` (joined with a fresh `ward token create --ingress`). */
+export interface RunningIngress {
+  child: Child;
+  /** The HTTPS listener (127.0.0.1, a free port). */
+  https: { host: string; port: number };
+  /** The redirecting plain-HTTP listener; undefined with `redirect: false`. */
+  http: { host: string; port: number } | undefined;
+  /** http://127.0.0.1:PORT */
+  adminUrl: string;
+  /** GET /v1/state. */
+  state(): Promise<Record<string, unknown>>;
+  /** Polls /readyz (bounded) until the ingress has its mesh certificate and a configuration. */
+  waitReady(o?: { timeoutMs?: number }): Promise<void>;
+  /** Kills the process (SIGKILL unless told otherwise) and waits for it to exit. Idempotent. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
 
 /** What the echo app saw: one record per request. */
 export interface EchoSeen {
@@ -90,6 +127,12 @@ export interface RunningMesh {
   close(): Promise<void>;
   /** 'request' with each record of `seen`, as the echo app receives it (before it answers). */
   appRequests: EventEmitter<{ request: [EchoSeen] }>;
+  /**
+   * Starts `ward ingress` against this mesh's control plane with a new ingress join token, its
+   * HTTPS, HTTP and admin listeners on free 127.0.0.1 ports. Resolves once it printed its addresses
+   * (not yet ready: see waitReady). Stopped by close() (or when the test finishes, unless 'manual').
+   */
+  startIngress(o?: StartIngressOptions): Promise<RunningIngress>;
 }
 
 export interface StartMeshOptions {
@@ -146,6 +189,7 @@ export function yamlOf(spec: MeshSpec, block: string): string {
     })),
     services: spec.services,
     policies: spec.policies ?? [],
+    ...(spec.ingress ? { ingress: spec.ingress } : {}),
   });
 }
 
@@ -173,6 +217,8 @@ export async function startMesh(spec: MeshSpec, options: StartMeshOptions = {}):
     unmanaged.add(c);
     return c;
   };
+  /** Every `ward ingress` started, so close() stops them first (they talk to the control plane). */
+  const ingresses = new Set<Child>();
   const dir = await mkdtemp(join(tmpdir(), 'ward-proxy-mesh-'));
   const block = randomBlock();
   const stateDir = join(dir, 'state');
@@ -344,11 +390,60 @@ export async function startMesh(spec: MeshSpec, options: StartMeshOptions = {}):
     },
     stopApp,
     startApp,
+    async startIngress(o = {}) {
+      const t = await ward(['token', 'create', '--state', stateDir, '--ingress']);
+      if (t.code !== 0) throw new Error(`ward token create --ingress: ${t.stderr}`);
+      const args = [
+        'ingress',
+        '--bundle', bundleFile,
+        '--trust-domain', TD,
+        '--ca', `https://127.0.0.1:${mesh.ports.ca}`,
+        '--discovery', `https://127.0.0.1:${mesh.ports.discovery}`,
+        '--https', '127.0.0.1:0',
+        ...(o.redirect === false ? ['--no-redirect'] : ['--http', '127.0.0.1:0']),
+        '--admin', '127.0.0.1:0',
+        '--log-level', o.logLevel ?? 'info',
+        ...(o.certs ?? []).flatMap((c) => ['--cert', c]),
+        ...(o.pfx ?? []).flatMap((p) => ['--pfx', p]),
+        ...(o.extraArgs ?? []),
+      ];
+      // The token through the environment would be tidier, but spawnWard passes process.env as is.
+      args.push('--token', t.stdout.trim());
+      const child = spawnChild(args);
+      ingresses.add(child);
+      const m = await stderrMatch(child, /ward ingress: https ([^\s:]+):(\d+)(?: http ([^\s:]+):(\d+))? admin (http:\/\/\S+)/);
+      const adminUrl = m[5];
+      const handle: RunningIngress = {
+        child,
+        https: { host: m[1], port: Number(m[2]) },
+        http: m[3] === undefined ? undefined : { host: m[3], port: Number(m[4]) },
+        adminUrl,
+        async state() {
+          const r = await httpCall(`${adminUrl}/v1/state`);
+          return JSON.parse(r.body) as Record<string, unknown>;
+        },
+        async waitReady(w = {}) {
+          // No event announces readiness from another process: poll /readyz, bounded.
+          await vi.waitFor(
+            async () => {
+              const r = await httpCall(`${adminUrl}/readyz`).catch((err: Error) => ({ status: 0, body: err.message }));
+              if (r.status !== 200) throw new Error(`ingress not ready: ${r.body}\n${child.output.stderr.slice(-3000)}`);
+            },
+            { timeout: w.timeoutMs ?? 20_000, interval: 100 },
+          );
+        },
+        async stop(signal = 'SIGKILL') {
+          if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+          await exited(child);
+        },
+      };
+      return handle;
+    },
     close: () => (closing ??= cleanup()),
   };
   let closing: Promise<void> | undefined;
   const cleanup = async (): Promise<void> => {
-    for (const c of new Set([mesh.control, ...mesh.proxies.values(), ...unmanaged])) {
+    for (const c of new Set([...ingresses, mesh.control, ...mesh.proxies.values(), ...unmanaged])) {
       if (c && c.exitCode === null && c.signalCode === null) {
         c.kill('SIGKILL');
         await exited(c);
