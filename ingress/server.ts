@@ -29,7 +29,9 @@ import { normalizeRequest, forwardTarget } from '../core/policy/index.js';
 import type { WardErrorCode } from '../core/errors.js';
 import {
   endToEndHeaders,
+  drainListener,
   hasBody,
+  listenOn,
   sendToService,
   SOURCE_IDENTITY_HEADER,
   type EndpointSet,
@@ -230,43 +232,23 @@ export class IngressServer {
   }
 
   async listen(https: { host: string; port: number }, http?: { host: string; port: number }): Promise<{ https: AddressInfo; http?: AddressInfo }> {
-    const listen = (server: TlsServer | HttpServer, a: { host: string; port: number }): Promise<AddressInfo> =>
-      new Promise((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host: a.host, port: a.port }, () => {
-          server.off('error', reject);
-          resolve(server.address() as AddressInfo);
-        });
-      });
-    const tls = await listen(this.#tls, https);
+    const tls = await listenOn(this.#tls, https.host, https.port);
     this.#httpsPort = tls.port;
-    const plain = http ? await listen(this.#redirect, http) : undefined;
+    const plain = http ? await listenOn(this.#redirect, http.host, http.port) : undefined;
     return { https: tls, ...(plain ? { http: plain } : {}) };
   }
 
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
-      const closed = new Promise<void>((r) => this.#tls.close(() => r()));
+      const drained = drainListener(this.#tls, this.#sockets, graceMs);
       if (this.#redirect.listening) {
         this.#redirect.closeAllConnections();
         this.#redirect.close();
       }
       this.#h1.closeIdleConnections();
       for (const s of this.#sessions) s.close();
-      const deadline = setTimeout(() => {
-        for (const s of this.#sockets) s.destroy();
-      }, graceMs);
-      deadline.unref();
-      const drained = new Promise<void>((r) => {
-        const check = (): void => {
-          if (this.#sockets.size === 0) r();
-        };
-        check();
-        for (const s of this.#sockets) s.once('close', check);
-      });
       this.#h1.close();
-      await Promise.all([closed, drained]);
-      clearTimeout(deadline);
+      await drained;
     })();
     return this.#closing;
   }

@@ -13,6 +13,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { assertLoopback } from '../core/address.js';
+import { listenOn } from './listener.js';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../core/logger.js';
 
@@ -70,16 +71,9 @@ export class AdminServer {
     });
   }
 
-  async listen(host: string, port: number): Promise<AddressInfo> {
+  listen(host: string, port: number): Promise<AddressInfo> {
     assertLoopback(host);
-    await new Promise<void>((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen({ host, port }, () => {
-        this.#server.off('error', reject);
-        resolve();
-      });
-    });
-    return this.#server.address() as AddressInfo;
+    return listenOn(this.#server, host, port);
   }
 
   close(): Promise<void> {

@@ -32,6 +32,7 @@ import { ALPN_HTTP, ALPN_TCP, NOT_FORWARDED_HEADER, parseSni, SOURCE_IDENTITY_HE
 import { codeClass } from './metrics.js';
 import type { DataPlane } from './outbound.js';
 import { splice } from './outbound.js';
+import { drainListener, listenOn } from './listener.js';
 
 export interface InboundLimits {
   maxConnections: number;
@@ -148,15 +149,8 @@ export class InboundServer {
     this.#tls.setSecureContext(this.#serverContextOptions(bundle));
   }
 
-  async listen(host: string, port: number): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.#tls.once('error', reject);
-      this.#tls.listen({ host, port }, () => {
-        this.#tls.off('error', reject);
-        resolve();
-      });
-    });
-    return this.#tls.address() as AddressInfo;
+  listen(host: string, port: number): Promise<AddressInfo> {
+    return listenOn(this.#tls, host, port);
   }
 
   address(): AddressInfo | undefined {
@@ -175,28 +169,16 @@ export class InboundServer {
 
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
-      const closed = new Promise<void>((r) => this.#tls.close(() => r()));
+      // Raw connections, those still in their handshake included: destroying one ends its TLS socket.
+      const drained = drainListener(this.#tls, this.#raw, graceMs);
       // Pooled keep-alive connections from other proxies would otherwise hold the drain until the
       // deadline: end the idle ones now, the busy ones after their response (see #onRequest).
       for (const sock of this.#sockets) {
         const ctx = this.#contexts.get(sock);
         if (ctx && ctx.active === 0) sock.end();
       }
-      const deadline = setTimeout(() => {
-        for (const s of this.#sockets) s.destroy();
-        for (const s of this.#raw) s.destroy();
-      }, graceMs);
-      deadline.unref();
-      const drained = new Promise<void>((r) => {
-        const check = (): void => {
-          if (this.#sockets.size === 0) r();
-        };
-        check();
-        for (const s of this.#sockets) s.once('close', check);
-      });
       this.#http.close();
-      await Promise.all([closed, drained]);
-      clearTimeout(deadline);
+      await drained;
       await Promise.all([...this.#local.values()].map((p) => p.destroy().catch(() => undefined)));
       this.#local.clear();
     })();

@@ -25,6 +25,7 @@ import { endToEndHeaders, hasBody, type DownstreamRequest, type DownstreamRespon
 import type { HeldIdentity } from './identity.js';
 import type { MeshView } from './mesh-view.js';
 import { sendToService } from './send.js';
+import { drainListener, listenOn } from './listener.js';
 import { codeClass, type ProxyMetrics } from './metrics.js';
 import { ConnectFailure, type Upstreams } from './upstream.js';
 
@@ -119,15 +120,8 @@ export class OutboundListener {
     this.#net.maxConnections = this.#limits.maxConnections;
   }
 
-  async listen(host: string, port: number): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      this.#net.once('error', reject);
-      this.#net.listen({ host, port }, () => {
-        this.#net.off('error', reject);
-        resolve();
-      });
-    });
-    return this.#net.address() as AddressInfo;
+  listen(host: string, port: number): Promise<AddressInfo> {
+    return listenOn(this.#net, host, port);
   }
 
   address(): AddressInfo | undefined {
@@ -137,25 +131,13 @@ export class OutboundListener {
   /** Stops accepting, lets requests in flight finish until `graceMs`, then destroys what is left. Idempotent. */
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
-      const closed = new Promise<void>((r) => this.#net.close(() => r()));
+      const drained = drainListener(this.#net, this.#sockets, graceMs);
       // Idle keep-alive connections end now; busy ones after their response (#onRequest); HTTP/2
       // sessions get a GOAWAY and end once their streams are done.
       this.#http1.closeIdleConnections();
       for (const session of this.#sessions) session.close();
-      const deadline = setTimeout(() => {
-        for (const s of this.#sockets) s.destroy();
-      }, graceMs);
-      deadline.unref();
-      const drained = new Promise<void>((r) => {
-        const check = (): void => {
-          if (this.#sockets.size === 0) r();
-        };
-        check();
-        for (const s of this.#sockets) s.once('close', check);
-      });
       this.#http1.close();
-      await Promise.all([closed, drained]);
-      clearTimeout(deadline);
+      await drained;
     })();
     return this.#closing;
   }
