@@ -1,13 +1,12 @@
-import { readFile } from 'node:fs/promises';
 import { WardError } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { parseTrustDomain } from '../core/identity/index.js';
-import { TrustBundle } from '../core/pki/index.js';
 import { Ingress, type CertificateSource } from '../ingress/index.js';
-import { EXIT_OK, durationFlag, optional, required, type Command } from './command.js';
+import { EXIT_OK, durationFlag, optional, type Command } from './command.js';
 import { adminAddressArg, hostPort, hostText, listenError, logLevelArg } from './ca.js';
+import { bundleArg, controlPlaneUrls, runUntilSignal, tokenArg } from './member.js';
 
 /** The token may also come from the environment, so that it never shows in `ps`. */
 const TOKEN_ENV = 'WARD_INGRESS_TOKEN';
@@ -98,7 +97,6 @@ Flags:
 Once listening it prints on standard error:
   ward ingress: https HOST:PORT http HOST:PORT admin http://HOST:PORT`,
   async run(args, io) {
-    const bundleFile = required(args, 'bundle');
     const trustDomain = parseTrustDomain(String(args.values['trust-domain']));
     const level = logLevelArg(args);
     const https = hostPort(String(args.values.https), '--https');
@@ -106,10 +104,7 @@ Once listening it prints on standard error:
     const admin = adminAddressArg(args);
     const sources = certificateSources((args.values.cert as string[] | undefined) ?? [], (args.values.pfx as string[] | undefined) ?? []);
     if (sources.length === 0) throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY or --pfx HOST=P12)');
-    for (const u of ['ca', 'discovery']) {
-      const text = String(args.values[u]);
-      if (!/^https:\/\/[^/]+\/?$/.test(text)) throw new WardError('WARD_USAGE', `--${u} must be https://HOST:PORT, got "${text}"`);
-    }
+    const { caUrl, discoveryUrl } = controlPlaneUrls(args);
     const clientCaFiles = new Map<string, string>();
     for (const c of (args.values['client-ca'] as string[] | undefined) ?? []) {
       const m = /^([^=]+)=(.+)$/.exec(c);
@@ -127,23 +122,12 @@ Once listening it prints on standard error:
       if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new WardError('WARD_USAGE', `--default-backend wants SERVICE.NAMESPACE:PORT (a service port), got "${db}"`);
       defaultBackend = { service: m[1], port: Number(m[2]) };
     }
-    const tokenFile = optional(args, 'token-file');
-    let token = optional(args, 'token') ?? process.env[TOKEN_ENV];
-    if (tokenFile) token = (await readFile(tokenFile, 'utf8')).trim();
-    let bundle: TrustBundle;
-    try {
-      bundle = TrustBundle.fromPem(trustDomain, await readFile(bundleFile, 'utf8'));
-    } catch (err) {
-      throw new WardError('WARD_CONFIG_INVALID', `--bundle ${bundleFile}: ${(err as Error).message}`, { cause: err });
-    }
+    const token = await tokenArg(args, io, TOKEN_ENV);
+    const bundle = await bundleArg(args, trustDomain);
     const logger = createLogger({ level });
-    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
-    const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
     const ing = new Ingress({
-      caUrl: String(args.values.ca),
-      discoveryUrl: String(args.values.discovery),
+      caUrl,
+      discoveryUrl,
       bundle,
       joinToken: token,
       stateDir: optional(args, 'state'),
@@ -160,26 +144,15 @@ Once listening it prints on standard error:
       registry: createRegistry(),
       clock: systemClock,
     });
-    try {
-      let a;
-      try {
-        a = await ing.start();
-      } catch (err) {
-        throw listenError(err);
-      }
-      const plain = a.http ? ` http ${hostText(a.http.address)}:${a.http.port}` : '';
-      io.stderr.write(`ward ingress: https ${hostText(a.https.address)}:${a.https.port}${plain} admin http://${hostText(a.admin.address)}:${a.admin.port}\n`);
-      const signal = await stopped;
-      const closing = ing.close();
-      io.stderr.write(`ward ingress: ${signal}: draining and stopping\n`);
-      await closing;
-      return EXIT_OK;
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      await ing.close();
-      logger.flush();
-    }
+    await runUntilSignal({
+      name: 'ingress',
+      io,
+      start: () => ing.start().catch((err: unknown) => Promise.reject(listenError(err))),
+      readyLine: (a) => `https ${hostText(a.https.address)}:${a.https.port}${a.http ? ` http ${hostText(a.http.address)}:${a.http.port}` : ''} admin http://${hostText(a.admin.address)}:${a.admin.port}`,
+      close: () => ing.close(),
+      flush: () => logger.flush(),
+    });
+    return EXIT_OK;
   },
 };
 

@@ -1,13 +1,12 @@
-import { readFile } from 'node:fs/promises';
 import { WardError } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { parseTrustDomain } from '../core/identity/index.js';
-import { TrustBundle } from '../core/pki/index.js';
 import { NodeProxy, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT, DEFAULT_ADMIN_PORT } from '../proxy/index.js';
 import { EXIT_OK, optional, required, type Command } from './command.js';
 import { adminAddressArg, hostText, listenError, logLevelArg } from './ca.js';
+import { bundleArg, controlPlaneUrls, runUntilSignal, tokenArg } from './member.js';
 
 /** The token may also come from the environment, so that it never shows in `ps`. */
 const TOKEN_ENV = 'WARD_PROXY_TOKEN';
@@ -80,7 +79,6 @@ Example:
   async run(args, io) {
     const node = required(args, 'node');
     const address = required(args, 'address');
-    const bundleFile = required(args, 'bundle');
     const trustDomain = parseTrustDomain(String(args.values['trust-domain']));
     const level = logLevelArg(args);
     const port = (name: string): number => {
@@ -93,32 +91,18 @@ Example:
     const admin = optional(args, 'admin') === undefined ? undefined : adminAddressArg(args);
     const mode = String(args.values['default-policy']);
     if (mode !== 'all-authenticated' && mode !== 'deny') throw new WardError('WARD_USAGE', `--default-policy must be all-authenticated or deny, got "${mode}"`);
-    for (const u of ['ca', 'discovery']) {
-      const text = String(args.values[u]);
-      if (!/^https:\/\/[^/]+\/?$/.test(text)) throw new WardError('WARD_USAGE', `--${u} must be https://HOST:PORT, got "${text}"`);
-    }
-    const tokenFile = optional(args, 'token-file');
-    let token = optional(args, 'token') ?? process.env[TOKEN_ENV];
-    if (tokenFile) token = (await readFile(tokenFile, 'utf8')).trim();
-    let bundle: TrustBundle;
-    try {
-      bundle = TrustBundle.fromPem(trustDomain, await readFile(bundleFile, 'utf8'));
-    } catch (err) {
-      throw new WardError('WARD_CONFIG_INVALID', `--bundle ${bundleFile}: ${(err as Error).message}`, { cause: err });
-    }
+    const { caUrl, discoveryUrl } = controlPlaneUrls(args);
+    const token = await tokenArg(args, io, TOKEN_ENV);
+    const bundle = await bundleArg(args, trustDomain);
     const logger = createLogger({ level });
-    let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
-    const stopped = new Promise<NodeJS.Signals>((resolve) => (onSignal = resolve));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
     const p = new NodeProxy({
       node,
       address,
       inboundPort,
       outboundPort,
       admin,
-      caUrl: String(args.values.ca),
-      discoveryUrl: String(args.values.discovery),
+      caUrl,
+      discoveryUrl,
       bundle,
       joinToken: token,
       stateDir: optional(args, 'state'),
@@ -129,26 +113,15 @@ Example:
       registry: createRegistry(),
       clock: systemClock,
     });
-    try {
-      let a;
-      try {
-        a = await p.start();
-      } catch (err) {
-        throw listenError(err);
-      }
-      io.stderr.write(`ward proxy: node ${node} inbound ${hostText(a.inbound.address)}:${a.inbound.port} admin http://${hostText(a.admin.address)}:${a.admin.port}\n`);
-      const signal = await stopped;
-      // Listeners stop accepting before this line is written (tests and supervisors rely on it).
-      const closing = p.close();
-      io.stderr.write(`ward proxy: ${signal}: draining and stopping\n`);
-      await closing;
-      return EXIT_OK;
-    } finally {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      await p.close();
-      logger.flush();
-    }
+    await runUntilSignal({
+      name: 'proxy',
+      io,
+      start: () => p.start().catch((err: unknown) => Promise.reject(listenError(err))),
+      readyLine: (a) => `node ${node} inbound ${hostText(a.inbound.address)}:${a.inbound.port} admin http://${hostText(a.admin.address)}:${a.admin.port}`,
+      close: () => p.close(),
+      flush: () => logger.flush(),
+    });
+    return EXIT_OK;
   },
 };
 
