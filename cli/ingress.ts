@@ -47,6 +47,7 @@ const ingress: Command = {
     cert: { type: 'string', multiple: true },
     pfx: { type: 'string', multiple: true },
     'client-ca': { type: 'string', multiple: true },
+    'plain-host': { type: 'string', multiple: true },
     'default-backend': { type: 'string' },
     'headers-timeout': { type: 'string', default: '10s' },
     'max-body': { type: 'string', default: String(10 * 1024 * 1024) },
@@ -69,7 +70,9 @@ the routes and endpoints the discovery pool pushes (ward.yaml "ingress.routes"),
          Requests go into the mesh over mutual TLS with the ingress identity, balanced and failing
          over like a node proxy; destination policies see the ingress identity. X-Forwarded-For,
          -Proto, -Host and X-Request-Id are set; client-supplied identity headers are dropped.
-  http   redirects to https (308), unless --no-redirect.
+  http   redirects to https (308), unless --no-redirect; hosts named with --plain-host are served
+         there instead (plain HTTP into the mesh, X-Forwarded-Proto: http) — for hosts that must
+         stay reachable without TLS (health checks, legacy clients).
   admin  loopback only: /healthz, /readyz, /metrics, /v1/state.
 
 Flags:
@@ -80,6 +83,7 @@ Flags:
                           chains to these CAs (clientAuth usage); the verified subject and SHA-256
                           go to the backend in x-forwarded-client-cert (Hash=…;Subject="…"); a
                           request without one is answered 403 (repeatable)
+  --plain-host HOST       serve HOST on the http listener instead of redirecting it (repeatable)
   --default-backend SERVICE.NAMESPACE:PORT
                           where requests no route matches go (any host); default: 404
   --token TOKEN           an ingress join token; or set ${TOKEN_ENV}; --token-file FILE reads it
@@ -137,6 +141,7 @@ Once listening it prints on standard error:
       admin,
       certificates: sources,
       clientCaFiles,
+      plainHosts: (args.values['plain-host'] as string[] | undefined) ?? [],
       limits: { headersTimeoutMs, maxBodyBytes },
       ...(defaultBackend ? { defaultBackend } : {}),
       clusterDomain: String(args.values['cluster-domain']),

@@ -41,6 +41,8 @@ export interface IngressOptions {
   certificates: readonly CertificateSource[];
   /** Mutual TLS at the edge: host → PEM file of the CA certificates its clients must chain to. */
   clientCaFiles?: ReadonlyMap<string, string>;
+  /** Hosts the plain-HTTP listener serves (routed into the mesh) instead of redirecting to HTTPS. */
+  plainHosts?: readonly string[];
   defaultBackend?: RouteBackend;
   clusterDomain?: string;
   limits?: Partial<IngressLimits>;
@@ -134,6 +136,7 @@ export class Ingress {
       certificates: this.#certs,
       limits: this.#o.limits,
       clientAuth: await this.#clientCas(),
+      plainHosts: this.#o.plainHosts,
       clock: this.#clock,
     });
     const listening = await this.#server.listen(this.#o.https, this.#o.http);

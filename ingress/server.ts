@@ -131,15 +131,19 @@ export class IngressServer {
   readonly #sockets = new Set<Socket>();
   readonly #sessions = new Set<ServerHttp2Session>();
   #httpsPort = 443;
+  #httpPort = 80;
+  /** Hosts the plain-HTTP listener serves instead of redirecting (lowercase). */
+  readonly #plainHosts: ReadonlySet<string>;
   /** Hosts that require a client certificate → the CA certificates it must chain to. */
   readonly #clientAuth: ReadonlyMap<string, readonly Certificate[]>;
   readonly #clock: Clock;
 
   #closing: Promise<void> | undefined;
 
-  constructor(o: { dataPlane: IngressDataPlane; certificates: CertificateStore; limits?: Partial<IngressLimits>; clientAuth?: ReadonlyMap<string, readonly Certificate[]>; clock?: Clock }) {
+  constructor(o: { dataPlane: IngressDataPlane; certificates: CertificateStore; limits?: Partial<IngressLimits>; clientAuth?: ReadonlyMap<string, readonly Certificate[]>; plainHosts?: readonly string[]; clock?: Clock }) {
     this.#dp = o.dataPlane;
     this.#clientAuth = o.clientAuth ?? new Map();
+    this.#plainHosts = new Set([...(o.plainHosts ?? [])].map((h) => h.toLowerCase()));
     this.#clock = o.clock ?? systemClock;
     this.#limits = { ...DEFAULT_INGRESS_LIMITS, ...o.limits };
     this.#log = o.dataPlane.logger.child({ component: 'ingress.server' });
@@ -235,6 +239,7 @@ export class IngressServer {
     const tls = await listenOn(this.#tls, https.host, https.port);
     this.#httpsPort = tls.port;
     const plain = http ? await listenOn(this.#redirect, http.host, http.port) : undefined;
+    if (plain) this.#httpPort = plain.port;
     return { https: tls, ...(plain ? { http: plain } : {}) };
   }
 
@@ -286,6 +291,9 @@ export class IngressServer {
   #onPlainHttp(req: IncomingMessage, res: ServerResponse): void {
     const host = hostOnly(req.headers.host);
     const routes = this.#dp.routes();
+    // Hosts configured for plain HTTP are served on this listener (no TLS, so no SNI to agree with
+    // and no client certificate); every other known host is redirected.
+    if (host && this.#plainHosts.has(host)) return this.#onRequest(req, res, true);
     if (!host || !routes.hasHost(host)) {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8', connection: 'close' });
       res.end('unknown host\n');
@@ -298,7 +306,7 @@ export class IngressServer {
     res.end();
   }
 
-  #onRequest(req: Req, res: Res): void {
+  #onRequest(req: Req, res: Res, plain = false): void {
     const socket = (req as IncomingMessage).socket as TLSSocket;
     const authority = (req.headers[':authority'] as string | undefined) ?? req.headers.host;
     const host = hostOnly(authority);
@@ -308,8 +316,9 @@ export class IngressServer {
     // SNI selected the certificate; Host selects the route. They must agree, or a client could use
     // a connection (and certificate, and client-certificate check) made for one host to reach
     // another — HTTP/2 connection reuse does exactly that across hosts sharing a certificate.
-    if (!host || !sni || host !== sni) return this.#reply(res, 421, hostLabel, 'none', 'misdirected request: the TLS server name and the Host header differ');
+    if (!plain && (!host || !sni || host !== sni)) return this.#reply(res, 421, hostLabel, 'none', 'misdirected request: the TLS server name and the Host header differ');
     let clientCert: { subject: string; fingerprint: string } | undefined;
+    if (!host) return this.#reply(res, 400, hostLabel, 'none', 'no Host header');
     if (this.#clientAuth.has(host)) {
       // A symbol property rather than a WeakMap: for HTTP/2, req.socket is a Proxy of the TLS socket.
       const v = (socket as unknown as Record<symbol, { subject: string; fingerprint: string } | Error | undefined>)[CLIENT_CERT];
@@ -320,7 +329,7 @@ export class IngressServer {
       clientCert = v;
     }
     const method = req.method ?? 'GET';
-    const n = normalizeRequest({ method, host, path: req.url, port: this.#httpsPort, protocol: 'http' });
+    const n = normalizeRequest({ method, host, path: req.url, port: plain ? this.#httpPort : this.#httpsPort, protocol: 'http' });
     if (!n.ok) return this.#reply(res, 400, hostLabel, 'none', `bad request (${n.reason})`, 'WARD_PROXY_REQUEST_INVALID');
     const match = routes.match(host, n.request.path!);
     if (!match) return this.#reply(res, 404, hostLabel, 'none', routes.hasHost(host) ? 'no route for this path' : 'unknown host');
@@ -337,7 +346,7 @@ export class IngressServer {
     const headers = endToEndHeaders(req.headers, STRIP_FROM_CLIENT);
     headers.host = authority ?? host;
     headers['x-forwarded-for'] = socket.remoteAddress ?? '';
-    headers['x-forwarded-proto'] = 'https';
+    headers['x-forwarded-proto'] = plain ? 'http' : 'https';
     headers['x-forwarded-host'] = host;
     headers['x-request-id'] = randomUUID();
     // The verified external client, Envoy's XFCC style (the client's own copy was dropped above).

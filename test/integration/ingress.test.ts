@@ -254,7 +254,7 @@ beforeAll(async () => {
     certs: [`b.example.test=${b.cert},${b.key}`, `a.example.test=${a.cert},${a.key}`, `*.example.test=${wildcard.cert},${wildcard.key}`],
     pfx: [`pfx.example.test=${join(certDir, 'pfx.p12')},${join(certDir, 'pfx.pass')}`],
     // Short enough for the slowloris test; no other test sends its headers slowly.
-    extraArgs: ['--headers-timeout', '1s', '--client-ca', `mtls.example.test=${caFile}`],
+    extraArgs: ['--headers-timeout', '1s', '--client-ca', `mtls.example.test=${caFile}`, '--plain-host', 'b.example.test'],
   });
   await Promise.all([mesh.waitReady(), ingress.waitReady()]);
   // Ready means a mesh certificate and a configuration; the endpoints behind the routes come with
@@ -373,6 +373,16 @@ describe('hosts, paths, redirect and limits', () => {
     expect(r.info.split(' ')[2]).toBe(`https://a.example.test:${httpsPort()}/x/y?q=1&r=2`);
     // Only hosts the routes know are redirected.
     expect((await curl('nowhere.test', '/', [], port, 'http')).status).toBe(404);
+  });
+
+  it('per host: a --plain-host is served on the http listener (into the mesh, X-Forwarded-Proto http), the others are redirected', async () => {
+    const port = ingress.http!.port;
+    const r = await curl('b.example.test', '/plain-served?x=1', [], port, 'http');
+    expect(r.status, r.stderr).toBe(200);
+    const seen = seenAt('/plain-served?x=1')!;
+    expect(seen.headers['x-forwarded-proto']).toBe('http');
+    expect(seen.headers[IDENTITY_HEADER]).toBe(`spiffe://${TD}/ns/ward-system/sa/ward-ingress`);
+    expect((await curl('a.example.test', '/still-redirected', [], port, 'http')).status).toBe(308);
   });
 
   it('a header block over the limit → 431', async () => {
