@@ -97,6 +97,7 @@ export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: Dow
   let started = false;
   let finished = false;
   let paused = false;
+  let cancelled = false;
   const done = (err: Error | undefined): void => {
     if (finished) return;
     finished = true;
@@ -112,6 +113,9 @@ export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: Dow
   const handler: Dispatcher.DispatchHandler = {
     onRequestStart(c) {
       controller = c;
+      // The downstream went away while the request waited in the pool's queue: drop it now rather
+      // than send it (a client resetting streams in a loop must not fill the queue for everyone).
+      if (cancelled) c.abort(new Error('downstream closed'));
     },
     onResponseStart(c, status, headers) {
       controller = c;
@@ -157,6 +161,7 @@ export function forward(dispatcher: Dispatcher, req: DownstreamRequest, res: Dow
   );
   return () => {
     if (finished) return;
+    cancelled = true;
     controller?.abort(new Error('downstream closed'));
   };
 }

@@ -56,8 +56,14 @@ export function sendToService(req: DownstreamRequest, res: DownstreamResponse, o
     finished = true;
     o.done();
   };
+  // The downstream went away (client closed, HTTP/2 stream reset): not the endpoint's fault, so no
+  // failure is counted against it, and nothing is retried.
+  let gone = false;
   res.once('close', () => {
-    if (!finished) abort?.();
+    if (!finished) {
+      gone = true;
+      abort?.();
+    }
     finish();
   });
   o.budget.deposit();
@@ -98,7 +104,7 @@ export function sendToService(req: DownstreamRequest, res: DownstreamResponse, o
           res.destroy();
           return;
         }
-        if (res.destroyed || res.writableEnded) {
+        if (gone || res.destroyed || res.writableEnded) {
           lease.cancel();
           return finish();
         }

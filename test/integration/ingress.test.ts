@@ -349,6 +349,31 @@ describe('hosts, paths, redirect and limits', () => {
     }
   });
 
+  it('HTTP/2 rapid reset (a flood of streams cancelled at once) ends that session only; other clients are served', async () => {
+    const attacker = http2Connect(`https://127.0.0.1:${httpsPort()}`, { servername: 'a.example.test', ca: caPem });
+    attacker.on('error', () => undefined);
+    const ended = new Promise<string>((resolve) => {
+      attacker.once('goaway', (code: number) => resolve(`goaway ${code}`));
+      attacker.once('close', () => resolve('close'));
+    });
+    try {
+      await once(attacker, 'connect');
+      // Bounded: at most 5,000 streams, each reset right after it is opened (CVE-2023-44487).
+      for (let i = 0; i < 5_000 && !attacker.closed && !attacker.destroyed; i++) {
+        const st = attacker.request({ ':method': 'GET', ':path': `/rapid-${i}`, ':authority': 'a.example.test', ':scheme': 'https' });
+        st.on('error', () => undefined);
+        st.close(0x8 /* NGHTTP2_CANCEL */);
+        if (i % 100 === 99) await new Promise<void>((r) => setImmediate(r)); // let the frames go out
+      }
+      expect(await ended).toMatch(/^(goaway|close)/);
+      // Everyone else is still served.
+      const r = await curl('a.example.test', '/after-rapid-reset', ['--http2']);
+      expect(r.status, r.stderr).toBe(200);
+    } finally {
+      attacker.destroy();
+    }
+  });
+
   it('an unknown host gets the default certificate (with -k) and 404', async () => {
     const r = await curl('nowhere.test', '/', ['--http1.1', '-k', '-v']);
     expect(r.status, r.stderr).toBe(404);
