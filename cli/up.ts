@@ -31,6 +31,22 @@ function fill(arg: string, w: { name: string; namespace: string; address: string
     .replaceAll('{proxy}', proxy);
 }
 
+/**
+ * Whether `pid` is a running `ward up` — not merely a live process: after a SIGKILLed `ward up`
+ * its pid may be reused by anything. Where /proc exists (Linux) the command line must be a ward
+ * `up`; elsewhere only liveness can be checked.
+ */
+async function wardUpRunning(pid: number): Promise<boolean> {
+  if (!(await pidAlive(pid))) return false;
+  let cmdline: string;
+  try {
+    cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0').join(' ');
+  } catch {
+    return true;
+  }
+  return / up( |$)/.test(cmdline) && /ward|main\.(js|ts)/.test(cmdline);
+}
+
 async function pidAlive(pid: number): Promise<boolean> {
   try {
     process.kill(pid, 0);
@@ -52,7 +68,7 @@ async function claimPidFile(stateDir: string): Promise<() => Promise<void>> {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
-      if (Number.isInteger(pid) && pid > 0 && (await pidAlive(pid))) {
+      if (Number.isInteger(pid) && pid > 0 && (await wardUpRunning(pid))) {
         throw new WardError('WARD_CA_STATE_LOCKED', `ward up is already running for ${stateDir} (pid ${pid}); stop it with "ward down --state ${stateDir}" or Ctrl-C in its terminal`);
       }
       await rm(file, { force: true });
@@ -321,7 +337,7 @@ keys, inventory, audit log, node identities — is kept; the next "ward up" uses
     const stateDir = resolve(String(args.values.state));
     const file = join(stateDir, PID_FILE);
     const pid = Number((await readFile(file, 'utf8').catch(() => '')).trim());
-    if (!Number.isInteger(pid) || pid <= 0 || !(await pidAlive(pid))) {
+    if (!Number.isInteger(pid) || pid <= 0 || !(await wardUpRunning(pid))) {
       io.stderr.write(`ward down: no "ward up" is running for ${stateDir}\n`);
       return EXIT_OK;
     }
