@@ -31,7 +31,7 @@ import {
 } from '../core/policy/index.js';
 import { EXAMPLE_WARD_YAML, parseWardYaml, selectorMatches, workloadKey, type MeshModel, type ServicePort, type Workload } from '../discovery/index.js';
 import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, flag, optional, required, writeJson, type Command } from './command.js';
-import { DEFAULT_STATUS_SERVER } from './status.js';
+import { DEFAULT_STATUS_SERVER, fetchAdminJson } from './status.js';
 
 /** The read-only admin route of `ward control` serving a PolicySnapshot. */
 export const POLICIES_PATH = '/v1/policies';
@@ -115,39 +115,10 @@ async function loadOffline(config: string | undefined): Promise<Loaded> {
 }
 
 async function loadLive(server: string): Promise<Loaded> {
-  let url: URL;
-  try {
-    url = new URL(POLICIES_PATH, server);
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http');
-  } catch {
-    throw new WardError('WARD_USAGE', `--server wants the admin URL of ward control, e.g. ${DEFAULT_STATUS_SERVER}, got "${server}"`);
-  }
-  let res: Response;
-  try {
-    res = await fetch(url, { signal: AbortSignal.timeout(10_000) });
-  } catch (err) {
-    const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
-    throw new WardError('WARD_CA_UNREACHABLE', `cannot reach the admin endpoint ${url}: ${cause} (is "ward control" running, and is --server its --admin address?)`, { cause: err });
-  }
-  if (res.status === 404) {
-    await res.body?.cancel();
-    throw new WardError(
-      'WARD_CONFIG_INVALID',
-      `${server} serves no ${POLICIES_PATH}: it is not the admin address of "ward control" (a bare "ward ca serve" runs no discovery pool). Use --config ward.yaml to explain offline.`,
-    );
-  }
-  if (!res.ok) {
-    await res.body?.cancel();
-    throw new WardError('WARD_CA_UNREACHABLE', `${url} answered HTTP ${res.status}`);
-  }
-  const declared = Number(res.headers.get('content-length') ?? '0');
-  if (declared > MAX_SNAPSHOT_BYTES) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered ${declared} bytes, more than the ${MAX_SNAPSHOT_BYTES} this command reads`);
-  let body: unknown;
-  try {
-    body = await res.json();
-  } catch (err) {
-    throw new WardError('WARD_CA_UNREACHABLE', `${url} did not answer JSON: ${(err as Error).message}`, { cause: err });
-  }
+  const { url, body } = await fetchAdminJson(server, POLICIES_PATH, {
+    maxBytes: MAX_SNAPSHOT_BYTES,
+    notFound: `${server} serves no ${POLICIES_PATH}: it is not the admin address of "ward control" (a bare "ward ca serve" runs no discovery pool). Use --config ward.yaml to explain offline.`,
+  });
   if (!isSnapshot(body)) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered a body this version of ward does not understand`);
   const version = body.version === undefined ? '' : ` (discovery version ${body.version})`;
   return { snapshot: body, label: `the control plane at ${server}${version}`, from: server };

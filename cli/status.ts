@@ -10,11 +10,15 @@ import { EXIT_OK, EXIT_PROBLEM, JSON_FLAG, humanDuration, optional, writeJson, t
 export const DEFAULT_STATUS_SERVER = 'http://127.0.0.1:9443';
 const MAX_STATUS_BYTES = 64 * 1024 * 1024;
 
-/** GET <server>/v1/status: the whole answer (the CA report; ward control adds `mesh`). */
-export async function fetchAdminStatus(server: string): Promise<{ url: URL; body: unknown }> {
+/**
+ * GET <server><path> on the control plane's admin endpoint, as JSON, bounded by `maxBytes`. The one
+ * admin client of the CLI (status, check, policy explain): the same URL checks and error messages.
+ * `notFound` is the message for a 404 (a route that server does not have), when the caller has one.
+ */
+export async function fetchAdminJson(server: string, path: string, o: { maxBytes: number; notFound?: string }): Promise<{ url: URL; body: unknown }> {
   let url: URL;
   try {
-    url = new URL('/v1/status', server);
+    url = new URL(path, server);
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error('not http');
   } catch {
     throw new WardError('WARD_USAGE', `--server wants the admin URL of ward control, e.g. ${DEFAULT_STATUS_SERVER}, got "${server}"`);
@@ -26,9 +30,13 @@ export async function fetchAdminStatus(server: string): Promise<{ url: URL; body
     const cause = (err as Error & { cause?: Error }).cause?.message ?? (err as Error).message;
     throw new WardError('WARD_CA_UNREACHABLE', `cannot reach the admin endpoint ${url}: ${cause} (is "ward control" running, and is --server its --admin address?)`, { cause: err });
   }
-  if (!res.ok) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered HTTP ${res.status}`);
+  if (!res.ok) {
+    await res.body?.cancel();
+    if (res.status === 404 && o.notFound) throw new WardError('WARD_CONFIG_INVALID', o.notFound);
+    throw new WardError('WARD_CA_UNREACHABLE', `${url} answered HTTP ${res.status}`);
+  }
   const declared = Number(res.headers.get('content-length') ?? '0');
-  if (declared > MAX_STATUS_BYTES) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered ${declared} bytes, more than the ${MAX_STATUS_BYTES} this command reads`);
+  if (declared > o.maxBytes) throw new WardError('WARD_CA_UNREACHABLE', `${url} answered ${declared} bytes, more than the ${o.maxBytes} this command reads`);
   let body: unknown;
   try {
     body = await res.json();
@@ -36,6 +44,11 @@ export async function fetchAdminStatus(server: string): Promise<{ url: URL; body
     throw new WardError('WARD_CA_UNREACHABLE', `${url} did not answer JSON: ${(err as Error).message}`, { cause: err });
   }
   return { url, body };
+}
+
+/** GET <server>/v1/status: the whole answer (the CA report; ward control adds `mesh`). */
+export function fetchAdminStatus(server: string): Promise<{ url: URL; body: unknown }> {
+  return fetchAdminJson(server, '/v1/status', { maxBytes: MAX_STATUS_BYTES });
 }
 
 /** GET <server>/v1/status and its `mesh` field. */
