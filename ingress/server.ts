@@ -30,6 +30,7 @@ import type { WardErrorCode } from '../core/errors.js';
 import {
   endToEndHeaders,
   drainListener,
+  handedOverHttpServer,
   hasBody,
   listenOn,
   sendToService,
@@ -198,21 +199,7 @@ export class IngressServer {
         },
       );
     });
-    this.#h1 = createHttpServer(
-      {
-        maxHeaderSize: this.#limits.maxHeaderBytes,
-        headersTimeout: this.#limits.headersTimeoutMs,
-        requestTimeout: this.#limits.requestTimeoutMs,
-        keepAliveTimeout: this.#limits.idleTimeoutMs,
-        // node:http enforces headersTimeout/requestTimeout only when it checks (default every 30 s).
-        connectionsCheckingInterval: 1_000,
-      },
-      handler as (req: IncomingMessage, res: ServerResponse) => void,
-    );
-    this.#h1.maxHeadersCount = this.#limits.maxHeaders;
-    // Never listens itself (sockets are handed over): start node:http's connection tracking, which
-    // enforces headersTimeout/requestTimeout (slowloris) and makes closeIdleConnections() work.
-    this.#h1.emit('listening');
+    this.#h1 = handedOverHttpServer(this.#limits, handler as (req: IncomingMessage, res: ServerResponse) => void);
     this.#h1.on('upgrade', (_req: IncomingMessage, socket: Socket) => socket.destroy());
     this.#h1.on('connect', (_req: IncomingMessage, socket: Socket) => socket.destroy());
     this.#h2 = createH2Server(

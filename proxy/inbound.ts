@@ -17,7 +17,7 @@
  * allowed only when it is allowed for every (service, port) that maps to it — a caller cannot pick
  * the service whose policies suit it.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { connect as netConnect, type AddressInfo, type Socket } from 'node:net';
 import { constants } from 'node:crypto';
 import { createServer as createTlsServer, type SecureContext, type Server as TlsServer, type TLSSocket } from 'node:tls';
@@ -32,7 +32,7 @@ import { ALPN_HTTP, ALPN_TCP, NOT_FORWARDED_HEADER, parseSni, SOURCE_IDENTITY_HE
 import { codeClass } from './metrics.js';
 import type { DataPlane } from './outbound.js';
 import { splice } from './outbound.js';
-import { drainListener, listenOn } from './listener.js';
+import { drainListener, handedOverHttpServer, listenOn } from './listener.js';
 
 export interface InboundLimits {
   maxConnections: number;
@@ -120,21 +120,7 @@ export class InboundServer {
       this.#raw.add(raw);
       raw.once('close', () => this.#raw.delete(raw));
     });
-    this.#http = createHttpServer(
-      {
-        maxHeaderSize: this.#limits.maxHeaderBytes,
-        headersTimeout: this.#limits.headersTimeoutMs,
-        requestTimeout: this.#limits.requestTimeoutMs,
-        keepAliveTimeout: this.#limits.idleTimeoutMs,
-        // node:http enforces headersTimeout/requestTimeout only when it checks (default every 30 s).
-        connectionsCheckingInterval: 1_000,
-      },
-      (req, res) => this.#onRequest(req, res),
-    );
-    this.#http.maxHeadersCount = 200;
-    // This server never listens (TLS sockets are handed to it), and node:http starts the connection
-    // tracking that enforces headersTimeout/requestTimeout (slowloris) on 'listening'.
-    this.#http.emit('listening');
+    this.#http = handedOverHttpServer({ ...this.#limits, maxHeaders: 200 }, (req, res) => this.#onRequest(req, res));
     this.#http.on('upgrade', (_req: IncomingMessage, socket: TLSSocket) => socket.destroy());
     this.#http.on('connect', (_req: IncomingMessage, socket: TLSSocket) => socket.destroy());
   }

@@ -10,5 +10,5 @@ export { forward, endToEndHeaders, hasBody, DiscardedResponse, type ForwardOptio
 export { sendToService, IDEMPOTENT_METHODS, type SendOptions } from './send.js';
 export { ProxyMetrics, codeClass } from './metrics.js';
 export { AdminServer, type AdminSource } from './admin.js';
-export { listenOn, drainListener } from './listener.js';
+export { listenOn, drainListener, handedOverHttpServer } from './listener.js';
 export { MeshView, sniFor, parseSni, SOURCE_IDENTITY_HEADER, DEFAULT_CLUSTER_DOMAIN, type InboundTarget, type Resolution } from './mesh-view.js';

@@ -1,6 +1,7 @@
 /**
  * Listening and draining, the same for every listener of the node proxy and the ingress.
  */
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import type { AddressInfo, Server, Socket } from 'node:net';
 
 /** server.listen, resolving with the bound address or rejecting with the listen error. */
@@ -34,4 +35,30 @@ export async function drainListener(server: Server, sockets: ReadonlySet<Socket>
   });
   await Promise.all([closed, drained]);
   clearTimeout(deadline);
+}
+
+/**
+ * An HTTP/1.1 server that never listens: connections are handed to it (`emit('connection')`) after
+ * TLS or protocol sniffing. node:http starts the connection tracking that enforces headersTimeout
+ * and requestTimeout (slowloris) and makes closeIdleConnections() work only on 'listening', and
+ * checks it every 30 s by default; both are set here, once for every such server.
+ */
+export function handedOverHttpServer(
+  limits: { maxHeaderBytes: number; maxHeaders: number; headersTimeoutMs: number; requestTimeoutMs: number; idleTimeoutMs: number },
+  handler: (req: IncomingMessage, res: ServerResponse) => void,
+): HttpServer {
+  const server = createHttpServer(
+    {
+      maxHeaderSize: limits.maxHeaderBytes,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.requestTimeoutMs,
+      keepAliveTimeout: limits.idleTimeoutMs,
+      connectionsCheckingInterval: 1_000,
+      // Smuggling-resistant parsing stays on (insecureHTTPParser is false by default).
+    },
+    handler,
+  );
+  server.maxHeadersCount = limits.maxHeaders;
+  server.emit('listening');
+  return server;
 }

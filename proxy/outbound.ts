@@ -13,7 +13,7 @@
  * ejects the endpoint and tries another (nothing was sent); an idempotent request without a body
  * that failed after sending is retried on another endpoint while the retry budget allows.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createH2Server, type Http2Server, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -25,7 +25,7 @@ import { endToEndHeaders, hasBody, type DownstreamRequest, type DownstreamRespon
 import type { HeldIdentity } from './identity.js';
 import type { MeshView } from './mesh-view.js';
 import { sendToService } from './send.js';
-import { drainListener, listenOn } from './listener.js';
+import { drainListener, handedOverHttpServer, listenOn } from './listener.js';
 import { codeClass, type ProxyMetrics } from './metrics.js';
 import { ConnectFailure, type Upstreams } from './upstream.js';
 
@@ -88,23 +88,7 @@ export class OutboundListener {
     this.#limits = { ...DEFAULT_OUTBOUND_LIMITS, ...o.limits };
     this.#log = o.dataPlane.logger.child({ component: 'proxy.outbound', workload: o.workload });
     const handler = (req: DownstreamRequest, res: DownstreamResponse): void => this.#onRequest(req, res);
-    this.#http1 = createHttpServer(
-      {
-        maxHeaderSize: this.#limits.maxHeaderBytes,
-        headersTimeout: this.#limits.headersTimeoutMs,
-        requestTimeout: this.#limits.requestTimeoutMs,
-        keepAliveTimeout: this.#limits.idleTimeoutMs,
-        // node:http enforces headersTimeout/requestTimeout only when it checks (default every 30 s).
-        connectionsCheckingInterval: 1_000,
-        // Smuggling-resistant parsing stays on (insecureHTTPParser is false by default).
-      },
-      handler as (req: IncomingMessage, res: ServerResponse) => void,
-    );
-    this.#http1.maxHeadersCount = 200;
-    // The HTTP servers never listen themselves (connections are handed over after sniffing), and
-    // node:http starts its connection tracking — which enforces headersTimeout/requestTimeout and
-    // makes closeIdleConnections() work — on 'listening'. Start it explicitly.
-    this.#http1.emit('listening');
+    this.#http1 = handedOverHttpServer({ ...this.#limits, maxHeaders: 200 }, handler as (req: IncomingMessage, res: ServerResponse) => void);
     this.#http1.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onConnect(req, socket, head));
     this.#http1.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
       socket.end('HTTP/1.1 501 Not Implemented\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
