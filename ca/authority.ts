@@ -25,7 +25,7 @@ import type { TornTail } from './append-log.js';
 import { AuditLog, clip, type AuditCounts } from './audit.js';
 import { CaMetrics, refusalReason } from './ca-metrics.js';
 import { CertificateInventory } from './inventory.js';
-import { assertIssuerValid, checkCsrPolicy, leafLifetime, leafValidity, type IssuerWindow } from './issuance-policy.js';
+import { assertIssuerValid, checkCsrPolicy, checkServerNameCsrPolicy, checkServerNames, leafLifetime, leafValidity, type IssuerWindow } from './issuance-policy.js';
 import {
   DEFAULT_INTERMEDIATE_TTL_MS,
   DEFAULT_ROOT_TTL_MS,
@@ -119,6 +119,21 @@ export interface IssueRequest {
   ttlMs?: number;
 }
 
+export interface ServerNameRequest {
+  /** PKCS#10 CSR, PEM or DER. Only its public key is used (after proof of possession). */
+  csr: string | Buffer;
+  /** The DNS names the certificate will carry (route hosts: lowercase, `*.` wildcard allowed). */
+  dnsNames: readonly string[];
+  /** Who asks (the authenticated caller), for the inventory and the audit log. */
+  requester: string;
+  /** Requested lifetime, 5m..24h (default: OpenOptions.defaultTtlMs). */
+  ttlMs?: number;
+}
+
+export interface ServerNameResult extends Omit<IssueResult, 'id'> {
+  dnsNames: string[];
+}
+
 export interface IssueResult {
   /** The leaf alone. */
   certPem: string;
@@ -156,6 +171,15 @@ export interface CaChange {
   bundle: TrustBundle;
   bundleSequence: number;
   activeIssuer: string;
+}
+
+/** A leaf signed by #signLeaf, not yet recorded. */
+interface SignedLeaf {
+  leaf: IssuedCertificate;
+  active: ActiveIssuer;
+  /** performance.now() at the start, for the duration histogram; the clock's now() for the records. */
+  started: number;
+  now: number;
 }
 
 interface ActiveIssuer {
@@ -623,38 +647,80 @@ export class CertificateAuthority {
   }
 
   async #issue(r: IssueRequest): Promise<IssueResult> {
+    let id: SpiffeId | undefined;
+    const signed = await this.#signLeaf(r, String(r.identity), async (csr, active, notBefore, notAfter) => {
+      id = typeof r.identity === 'string' ? SpiffeId.parse(r.identity) : r.identity;
+      if (!(id instanceof SpiffeId)) throw new WardError('WARD_ID_INVALID', 'identity must be a SPIFFE ID');
+      if (!id.memberOf(this.trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is not in trust domain ${this.trustDomain}`);
+      if (id.path === '') throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is the trust domain itself; a workload identity needs a path`);
+      // The signature checks and the signature run on the thread pool: concurrent issuances use every core.
+      const parsed = await parseCsrAsync(csr);
+      checkCsrPolicy(parsed, id);
+      return active.signer.signAsync({ publicKeyDer: parsed.publicKeyDer, id, notBefore, notAfter });
+    });
+    const recordedId = id ?? bug('identity not set after signing');
+    return { ...(await this.#recorded(signed, r.requester, recordedId)), id: recordedId };
+  }
+
+  /**
+   * Issues a TLS server certificate for DNS names (LeafSigner.signServerName: not an SVID, serverAuth
+   * only) for the mesh ingress's hosts without a certificate of their own. Internal names only: the
+   * certificate is trusted by clients that trust Ward's root, never by the public internet. Whether
+   * the requester may have the names is the caller's decision (the API layer: the ingress, for its
+   * route hosts). Recorded and audited like every certificate, under the identity `dns:<names>`.
+   */
+  issueServerName(r: ServerNameRequest): Promise<ServerNameResult> {
+    const p = (async () => {
+      let names: readonly string[] = [];
+      const label = Array.isArray(r.dnsNames) ? `dns:${r.dnsNames.join(',')}` : 'dns:?';
+      const signed = await this.#signLeaf(r, label, async (csr, active, notBefore, notAfter) => {
+        names = checkServerNames(r.dnsNames);
+        const parsed = await parseCsrAsync(csr);
+        checkServerNameCsrPolicy(parsed, names);
+        return active.signer.signServerName({ publicKeyDer: parsed.publicKeyDer, dnsNames: names, notBefore, notAfter });
+      });
+      const result = await this.#recorded(signed, r.requester, undefined, `dns:${names.join(',')}`);
+      return { ...result, dnsNames: [...names] };
+    })();
+    this.#inFlight.add(p);
+    const done = () => this.#inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  /** The checks every issuance shares, then `sign`; a refusal is audited and thrown. */
+  async #signLeaf(
+    r: { csr: string | Buffer; requester: string; ttlMs?: number },
+    identityText: string,
+    sign: (csr: string | Buffer, active: ActiveIssuer, notBefore: Date, notAfter: Date) => Promise<IssuedCertificate> | IssuedCertificate,
+  ): Promise<SignedLeaf> {
     if (!this.#lock) bug('issue() on a CA opened read-only');
     // Wall-clock duration for the histogram only; decisions use the injected clock.
     const started = performance.now();
     this.#assertOpen();
     const now = this.#clock.now();
     const requester = typeof r.requester === 'string' ? clip(r.requester) : '';
-    const identityText = clip(String(r.identity));
     const active = this.#active;
-    let id: SpiffeId;
-    let leaf: IssuedCertificate;
     try {
       if (!this.inventory.hasRoom() || !this.audit.hasRoom()) {
         throw new WardError('WARD_CA_RATE_LIMITED', 'the CA is overloaded: the durable-write queue is full; retry later');
       }
       if (typeof r.requester !== 'string' || r.requester === '') throw new WardError('WARD_CA_REQUEST_INVALID', 'requester must be a non-empty string');
-      id = typeof r.identity === 'string' ? SpiffeId.parse(r.identity) : r.identity;
-      if (!(id instanceof SpiffeId)) throw new WardError('WARD_ID_INVALID', 'identity must be a SPIFFE ID');
-      if (!id.memberOf(this.trustDomain)) throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is not in trust domain ${this.trustDomain}`);
-      if (id.path === '') throw new WardError('WARD_CA_FORBIDDEN', `identity ${id} is the trust domain itself; a workload identity needs a path`);
       const ttl = leafLifetime(r.ttlMs, this.#defaultTtl);
       assertIssuerValid(active.window, now);
-      // The signature checks and the signature run on the thread pool: concurrent issuances use every core.
-      const csr = await parseCsrAsync(r.csr);
-      checkCsrPolicy(csr, id);
       const { notBefore, notAfter } = leafValidity(now, ttl, active.window);
-      leaf = await active.signer.signAsync({ publicKeyDer: csr.publicKeyDer, id, notBefore, notAfter });
+      const leaf = await sign(r.csr, active, notBefore, notAfter);
+      return { leaf, active, started, now };
     } catch (err) {
-      throw await this.#refuse(err, { requester, identity: identityText, now, started });
+      throw await this.#refuse(err, { requester, identity: clip(identityText), now, started });
     }
+  }
 
+  /** Makes a signed leaf durable (inventory + audit), counts it, tells listeners; see issue(). */
+  async #recorded({ leaf, active, started, now }: SignedLeaf, requesterText: string, id: SpiffeId | undefined, label?: string): Promise<Omit<IssueResult, 'id'>> {
+    const requester = clip(requesterText);
     const serial = leaf.serialHex;
-    const identity = id.toString(); // unclipped: queries by identity must find it
+    const identity = label ?? (id ?? bug('no identity to record')).toString(); // unclipped: queries by identity must find it
     const issuedAt = new Date(now).toISOString();
     const durable = Promise.all([
       this.inventory.record(
@@ -686,7 +752,7 @@ export class CertificateAuthority {
     if (this.#log.isLevelEnabled('debug')) {
       this.#log.debug({ serial, identity, requester, notAfter: leaf.notAfter.toISOString(), issuer: active.fingerprint }, 'certificate issued');
     }
-    if (this.#issuedListeners.size > 0) {
+    if (id !== undefined && this.#issuedListeners.size > 0) {
       const event: IssuedEvent = { id, requester, serialHex: serial, notAfter: leaf.notAfter };
       for (const l of [...this.#issuedListeners]) {
         try {
@@ -703,7 +769,6 @@ export class CertificateAuthority {
       serialHex: serial,
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
-      id,
     };
   }
 

@@ -1,4 +1,4 @@
-export { CertificateAuthority, type InitOptions, type InitResult, type IssueRequest, type IssueResult, type IssuedEvent, type CaMode } from './authority.js';
+export { CertificateAuthority, type InitOptions, type InitResult, type IssueRequest, type IssueResult, type IssuedEvent, type ServerNameRequest, type ServerNameResult, type CaMode } from './authority.js';
 export { CaServer, caServerId, clientKey, ADMIN_TOKEN_FILE, DEFAULT_LIMITS, type WorkloadAuthorizer, type CaServerLimits } from './server.js';
 export { JoinTokens, DEFAULT_TOKEN_TTL_MS, MAX_TOKEN_TTL_MS } from './tokens.js';
 export { describeAuthority, caWarnings, type CaReport, type CaWarning } from './inspect.js';

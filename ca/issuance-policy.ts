@@ -20,6 +20,7 @@
  * (a leaf must never outlive its issuer). An issuer that is expired or not yet valid refuses.
  */
 import { WardError } from '../core/errors.js';
+import { routeHostError } from '../core/hostname.js';
 import type { SpiffeId } from '../core/identity/index.js';
 import type { CsrRequest } from '../core/pki/index.js';
 
@@ -47,6 +48,43 @@ export function checkCsrPolicy(csr: CsrRequest, identity: SpiffeId): void {
   if (csr.emails.length > 0) others.push(`${csr.emails.length} email`);
   if (csr.otherSanCount > 0) others.push(`${csr.otherSanCount} other`);
   if (others.length > 0) refuse(`it asks for ${others.join(', ')} SAN(s); only the SPIFFE ID URI SAN is issued`);
+}
+
+/** At most this many DNS names in one internal-name certificate. */
+export const MAX_SERVER_NAMES = 16;
+
+/**
+ * Internal-name (DNS) certificates for the mesh ingress (issueServerName): `names` must be 1..16
+ * distinct route-host-shaped names (lowercase DNS names, a wildcard only as the whole first label;
+ * WARD_CA_REQUEST_INVALID otherwise). The CSR contributes its key only: it may ask for no SAN or
+ * for DNS names among `names`, nothing else (WARD_PKI_CSR_UNAUTHORIZED).
+ */
+export function checkServerNames(names: unknown): readonly string[] {
+  if (!Array.isArray(names) || names.length === 0 || names.length > MAX_SERVER_NAMES) {
+    throw new WardError('WARD_CA_REQUEST_INVALID', `dnsNames must be a list of 1 to ${MAX_SERVER_NAMES} DNS names`);
+  }
+  const seen = new Set<string>();
+  for (const n of names) {
+    if (typeof n !== 'string') throw new WardError('WARD_CA_REQUEST_INVALID', 'dnsNames must hold strings');
+    const why = routeHostError(n);
+    if (why !== undefined) throw new WardError('WARD_CA_REQUEST_INVALID', `DNS name ${why}`);
+    if (seen.has(n)) throw new WardError('WARD_CA_REQUEST_INVALID', `DNS name ${JSON.stringify(n)} is listed twice`);
+    seen.add(n);
+  }
+  return [...seen];
+}
+
+export function checkServerNameCsrPolicy(csr: CsrRequest, names: readonly string[]): void {
+  const refuse = (why: string): never => {
+    throw new WardError('WARD_PKI_CSR_UNAUTHORIZED', `CSR refused: ${why}`);
+  };
+  if (csr.requestsCa) refuse('it asks for a CA certificate (basicConstraints cA=TRUE); only leaf certificates are issued');
+  if (csr.requestsKeyCertSign) refuse('it asks for keyCertSign key usage; leaf certificates cannot sign certificates');
+  const other = csr.dnsNames.find((n) => !names.includes(n));
+  if (other !== undefined) refuse(`it asks for DNS name ${JSON.stringify(clipUri(other))}, which is not among the names requested`);
+  if (csr.uris.length + csr.ipAddresses.length + csr.emails.length + csr.otherSanCount > 0) {
+    refuse('it asks for a URI, IP, email or other SAN; an internal-name certificate carries DNS names only');
+  }
 }
 
 function clipUri(u: string): string {

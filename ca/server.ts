@@ -29,6 +29,7 @@ import { join } from 'node:path';
 import { Counter, type Registry } from 'prom-client';
 import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core/errors.js';
 import { parseDuration, type Clock } from '../core/clock.js';
+import { MAX_SERVER_NAMES } from './issuance-policy.js';
 import type { Logger } from '../core/logger.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { PrivateKey, createCsr, type TrustBundle } from '../core/pki/index.js';
@@ -56,6 +57,11 @@ export interface WorkloadAuthorizer {
   mayObtain(node: SpiffeId, identity: SpiffeId): boolean | Promise<boolean>;
   /** May this node renew its own node identity (is it still a member of the mesh)? */
   mayRenewNode(node: SpiffeId): boolean | Promise<boolean>;
+  /**
+   * May the ingress obtain an internal-name (DNS) server certificate for this name: is it a host
+   * of the ingress routes now? Without this method no internal-name certificate is ever issued.
+   */
+  mayObtainServerName?(ingress: SpiffeId, name: string): boolean | Promise<boolean>;
 }
 
 export interface CaServerLimits {
@@ -374,8 +380,9 @@ export class CaServer {
         if (caller.nodeName === undefined && !caller.isIngress) throw new WardError('WARD_CA_FORBIDDEN', `caller ${caller} is not a node proxy or the ingress`);
         const body = await this.#readJson(req);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
-        const identity = body.identity === undefined ? caller : SpiffeId.parse(stringField(body, 'identity', 2048));
         const ttlMs = body.ttl === undefined ? undefined : parseTtl(body.ttl);
+        if (body.dnsNames !== undefined) return this.#reply(res, route, 200, await this.#issueServerName(caller, csr, body.dnsNames, ttlMs));
+        const identity = body.identity === undefined ? caller : SpiffeId.parse(stringField(body, 'identity', 2048));
         if (!identity.memberOf(this.#o.ca.trustDomain)) {
           throw await this.#audited(caller, identity, new WardError('WARD_CA_FORBIDDEN', `identity ${identity} is outside trust domain ${this.#o.ca.trustDomain}`));
         }
@@ -403,7 +410,7 @@ export class CaServer {
    * a node asking for an identity it may not have is a decision on issuance, and the one most
    * worth finding later. Returns the error to throw.
    */
-  async #audited(caller: SpiffeId, identity: SpiffeId, err: WardError): Promise<WardError> {
+  async #audited(caller: SpiffeId, identity: SpiffeId | string, err: WardError): Promise<WardError> {
     try {
       await this.#o.ca.audit.record({
         time: new Date(this.#o.clock.now()).toISOString(),
@@ -424,6 +431,34 @@ export class CaServer {
     // The reason stays in the log: the mesh API never shows internal detail.
     if (!health.ok) this.#log.error({ reason: health.reason }, 'CA unhealthy');
     return { status: health.ok ? 'ok' : 'unavailable', trustDomain: this.#o.ca.trustDomain, activeIssuer: issuer.fingerprintSha256, issuerNotAfter: issuer.notAfter.toISOString() };
+  }
+
+  /**
+   * POST /v1/issue with `dnsNames`: an internal-name server certificate (CertificateAuthority.
+   * issueServerName), only for the ingress and only for names that are route hosts now; anything
+   * else is refused whole (and audited), so a compromised node can never obtain a DNS certificate.
+   */
+  async #issueServerName(caller: SpiffeId, csr: string, dnsNames: unknown, ttlMs: number | undefined): Promise<unknown> {
+    const names = Array.isArray(dnsNames) && dnsNames.length <= MAX_SERVER_NAMES && dnsNames.every((n) => typeof n === 'string' && n.length <= 253) ? (dnsNames as string[]) : undefined;
+    if (names === undefined) throw new WardError('WARD_CA_REQUEST_INVALID', `dnsNames must be a list of at most ${MAX_SERVER_NAMES} DNS names`);
+    const label = `dns:${names.join(',')}`;
+    const deny = async (why: string): Promise<never> => {
+      throw await this.#audited(caller, label, new WardError('WARD_CA_FORBIDDEN', why));
+    };
+    if (!caller.isIngress) return deny(`caller ${caller} is not the ingress; only the ingress obtains internal-name certificates`);
+    const may = this.#o.authorizer.mayObtainServerName;
+    for (const name of names) {
+      if (!may || !(await may.call(this.#o.authorizer, caller, name))) return deny(`${JSON.stringify(name)} is not a host of the ingress routes`);
+    }
+    const issued = await this.#o.ca.issueServerName({ csr, dnsNames: names, requester: caller.toString(), ttlMs });
+    return {
+      dnsNames: issued.dnsNames,
+      serial: issued.serialHex,
+      notBefore: issued.notBefore.toISOString(),
+      notAfter: issued.notAfter.toISOString(),
+      certificate: issued.chainPem,
+      bundle: this.#encodedBundle().pem,
+    };
   }
 
   #issuedBody(issued: { chainPem: string; serialHex: string; notBefore: Date; notAfter: Date; id: SpiffeId }): unknown {

@@ -1,4 +1,5 @@
 import { WardError } from '../core/errors.js';
+import { routeHostError } from '../core/hostname.js';
 import { systemClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
@@ -46,6 +47,7 @@ const ingress: Command = {
     admin: { type: 'string', default: INGRESS_DEFAULTS.admin },
     cert: { type: 'string', multiple: true },
     pfx: { type: 'string', multiple: true },
+    'internal-cert': { type: 'string', multiple: true },
     'client-ca': { type: 'string', multiple: true },
     'plain-host': { type: 'string', multiple: true },
     'default-backend': { type: 'string' },
@@ -55,7 +57,7 @@ const ingress: Command = {
     'cluster-domain': { type: 'string', default: 'cluster.local' },
     'log-level': { type: 'string', default: 'info' },
   },
-  help: `Usage: ward ingress --bundle FILE (--cert HOST=CERT,KEY | --pfx HOST=P12[,PASSFILE])...
+  help: `Usage: ward ingress --bundle FILE (--cert HOST=CERT,KEY | --pfx HOST=P12[,PASSFILE] | --internal-cert HOST)...
                     [--token TOKEN | --token-file FILE] [--state DIR] [--https HOST:PORT]
                     [--http HOST:PORT | --no-redirect] [--admin HOST:PORT] [options]
 
@@ -79,6 +81,10 @@ Flags:
   --bundle FILE           the mesh trust bundle, PEM ("ward ca bundle --state DIR")
   --cert HOST=CERT,KEY    a PEM certificate chain and key for HOST (repeatable)
   --pfx HOST=P12[,PASS]   a PKCS#12 bundle for HOST, with an optional passphrase file (repeatable)
+  --internal-cert HOST    serve HOST (a route host) with a certificate from Ward's own CA, obtained
+                          and renewed in memory with the ingress identity. For INTERNAL names only:
+                          just clients that trust Ward's root accept it (curl --cacert the bundle),
+                          never browsers on the public internet — use --cert there (repeatable)
   --client-ca HOST=CA.pem mutual TLS at the edge for HOST: clients must present a certificate that
                           chains to these CAs (clientAuth usage); the verified subject and SHA-256
                           go to the backend in x-forwarded-client-cert (Hash=…;Subject="…"); a
@@ -107,7 +113,12 @@ Once listening it prints on standard error:
     const http = args.values['no-redirect'] === true ? undefined : hostPort(String(args.values.http), '--http');
     const admin = adminAddressArg(args);
     const sources = certificateSources((args.values.cert as string[] | undefined) ?? [], (args.values.pfx as string[] | undefined) ?? []);
-    if (sources.length === 0) throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY or --pfx HOST=P12)');
+    const internalHosts = (args.values['internal-cert'] as string[] | undefined) ?? [];
+    if (sources.length + internalHosts.length === 0) throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY, --pfx HOST=P12 or --internal-cert HOST)');
+    for (const h of internalHosts) {
+      const why = routeHostError(h);
+      if (why !== undefined) throw new WardError('WARD_USAGE', `--internal-cert: the host ${why}`);
+    }
     const { caUrl, discoveryUrl } = controlPlaneUrls(args);
     const clientCaFiles = new Map<string, string>();
     for (const c of (args.values['client-ca'] as string[] | undefined) ?? []) {
@@ -140,6 +151,7 @@ Once listening it prints on standard error:
       http,
       admin,
       certificates: sources,
+      internalHosts,
       clientCaFiles,
       plainHosts: (args.values['plain-host'] as string[] | undefined) ?? [],
       limits: { headersTimeoutMs, maxBodyBytes },

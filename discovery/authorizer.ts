@@ -15,6 +15,8 @@ export interface ModelAuthorizer {
   mayObtain(node: SpiffeId, id: SpiffeId): boolean;
   /** Whether `node` may renew its own node identity now (its node is declared). */
   mayRenewNode(node: SpiffeId): boolean;
+  /** Whether the ingress may obtain an internal-name certificate for `name`: a route host now (exactly; a wildcard host for its wildcard). */
+  mayObtainServerName(ingress: SpiffeId, name: string): boolean;
 }
 
 export function modelAuthorizer(getModel: () => MeshModel): ModelAuthorizer {
@@ -31,6 +33,10 @@ export function modelAuthorizer(getModel: () => MeshModel): ModelAuthorizer {
       const model = getModel();
       const name = nodeName(model, node);
       return name !== undefined && isNodeMember(model, name);
+    },
+    mayObtainServerName(ingress, name) {
+      const model = getModel();
+      return ingress.isIngress && ingress.memberOf(model.trustDomain) && model.routes.some((r) => r.host === name);
     },
   };
 }

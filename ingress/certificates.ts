@@ -67,7 +67,15 @@ export type CertificateSource =
   /** A PEM chain (leaf first, then intermediates) and a PEM private key (EC or RSA, unencrypted). */
   | { host: string; certFile: string; keyFile: string }
   /** A PKCS#12 bundle; the passphrase file's single trailing newline is not part of the passphrase. */
-  | { host: string; pfxFile: string; passphraseFile?: string };
+  | { host: string; pfxFile: string; passphraseFile?: string }
+  /**
+   * An internal-name certificate from Ward's CA, handed over in memory with provide() (the ingress
+   * obtains and renews it); nothing is read from disk and nothing is served until it arrives.
+   */
+  | { host: string; internal: true };
+
+/** ServedCertificate.source of an internal-name certificate. */
+export const INTERNAL_SOURCE = "Ward's CA (internal name)";
 
 /** A certificate being served. Immutable; a reload replaces the whole object. */
 export interface ServedCertificate {
@@ -122,7 +130,8 @@ const SOURCE_OPTIONS = ['cert', 'key', 'pfx', 'passphrase'] as const;
 
 type Spec =
   | { kind: 'pem'; host: string; certFile: string; keyFile: string }
-  | { kind: 'pkcs12'; host: string; pfxFile: string; passphraseFile?: string };
+  | { kind: 'pkcs12'; host: string; pfxFile: string; passphraseFile?: string }
+  | { kind: 'internal'; host: string };
 
 interface SourceState {
   readonly spec: Spec;
@@ -233,7 +242,7 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
     // then seen and judged after start, not lost.
     await this.#startWatching();
     const results = await Promise.all(
-      this.#sources.map(async (s) => {
+      this.#sources.filter((s) => s.spec.kind !== 'internal').map(async (s) => {
         try {
           return { s, loaded: await this.#load(s.spec) };
         } catch (err) {
@@ -281,6 +290,37 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
       const served = this.select(servername);
       cb(null, served?.context);
     };
+  }
+
+  /**
+   * Serves an internal-name certificate (a source `{ host, internal: true }`): judged like a PEM
+   * pair from disk (key matches, chain in order, valid now, serverAuth, covers the host). Returns
+   * whether it was installed; a refusal is logged, counted and emitted, and the certificate in use
+   * (if any) stays. The key is used in memory only.
+   */
+  provide(host: string, chainPem: string, keyPem: string): boolean {
+    if (this.#state === 'closed') return false;
+    const s = this.#sources.find((x) => x.spec.kind === 'internal' && x.spec.host === host);
+    if (s === undefined) bug(`CertificateStore.provide: no internal source for ${host}`);
+    const cert = Buffer.from(chainPem);
+    const key = Buffer.from(keyPem);
+    const digest = createHash('sha256').update(cert).update(key).digest('hex');
+    if (digest === s.loadedDigest) return true;
+    let served: ServedCertificate;
+    try {
+      served = this.#validatePemBytes(host, INTERNAL_SOURCE, INTERNAL_SOURCE, cert, key);
+    } catch (err) {
+      if (!(err instanceof Refusal)) throw err;
+      this.#refuseNow(s, err, digest);
+      return false;
+    }
+    this.#install(s, served, digest);
+    return true;
+  }
+
+  /** Hosts of the sources with nothing being served (an internal name not provided yet). */
+  missing(): string[] {
+    return this.#sources.flatMap((s) => (s.served ? [] : [s.spec.host]));
   }
 
   /** Every certificate being served, in the order of the sources. */
@@ -331,6 +371,7 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
   #files(): string[] {
     const files = new Set<string>();
     for (const { spec } of this.#sources) {
+      if (spec.kind === 'internal') continue;
       if (spec.kind === 'pem') {
         files.add(spec.certFile);
         files.add(spec.keyFile);
@@ -437,6 +478,7 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
   async #pass(force: boolean): Promise<void> {
     for (const s of this.#sources) {
       if (this.#state !== 'running') return;
+      if (s.spec.kind === 'internal') continue;
       let files: SourceFiles;
       try {
         files = await readSourceFiles(s.spec);
@@ -465,6 +507,10 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
 
   #refuse(s: SourceState, r: Refusal, digest: string | undefined): void {
     if (this.#state !== 'running') return;
+    this.#refuseNow(s, r, digest);
+  }
+
+  #refuseNow(s: SourceState, r: Refusal, digest: string | undefined): void {
     s.refusedDigest = digest;
     this.#reloads?.inc({ result: 'refused' });
     const host = s.spec.host;
@@ -490,12 +536,16 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
 
   /** Judges the bytes read for one source; throws Refusal naming the file at fault. */
   #validate(spec: Spec, files: SourceFiles): ServedCertificate {
-    if (spec.kind === 'pem') return this.#validatePem(spec, files);
-    return this.#validatePkcs12(spec, files);
+    if (spec.kind === 'pem') {
+      const [certBytes, keyBytes = bug('a PEM source was read without its key')] = files.contents;
+      return this.#validatePemBytes(spec.host, spec.certFile, spec.keyFile, certBytes, keyBytes);
+    }
+    if (spec.kind === 'pkcs12') return this.#validatePkcs12(spec, files);
+    return bug('an internal source has no files to validate');
   }
 
-  #validatePem(spec: Extract<Spec, { kind: 'pem' }>, files: SourceFiles): ServedCertificate {
-    const [certBytes, keyBytes = bug('a PEM source was read without its key')] = files.contents;
+  #validatePemBytes(host: string, certFile: string, keyFile: string, certBytes: Buffer, keyBytes: Buffer): ServedCertificate {
+    const spec = { host, certFile, keyFile };
     let chain: Certificate[];
     try {
       chain = parseCertificates(certBytes);
@@ -587,6 +637,7 @@ interface SourceFiles {
 async function readSourceFiles(spec: Spec): Promise<SourceFiles> {
   let first: Buffer;
   let second: Buffer | undefined;
+  if (spec.kind === 'internal') bug('an internal source has no files to read');
   if (spec.kind === 'pem') {
     [first, second] = await Promise.all([readBounded(spec.certFile, MAX_CERTIFICATE_FILE_BYTES), readBounded(spec.keyFile, MAX_CERTIFICATE_FILE_BYTES)]);
   } else {
@@ -743,6 +794,10 @@ function normalizeSource(s: CertificateSource, i: number): Spec {
     if (typeof v !== 'string' || v.length === 0) throw configInvalid(`${where} (${host}): ${key} must be a file path`);
     return path.resolve(v);
   };
+  if ('internal' in s) {
+    if (s.internal !== true || 'certFile' in s || 'pfxFile' in s) throw configInvalid(`${where} (${host}): an internal source has no files`);
+    return { kind: 'internal', host };
+  }
   if ('pfxFile' in s) {
     if ('certFile' in s || 'keyFile' in s) throw configInvalid(`${where} (${host}): give either pfxFile or certFile+keyFile, not both`);
     const spec: Spec = { kind: 'pkcs12', host, pfxFile: file('pfxFile', s.pfxFile) };

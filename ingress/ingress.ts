@@ -39,6 +39,12 @@ export interface IngressOptions {
   http?: { host: string; port: number };
   admin: { host: string; port: number };
   certificates: readonly CertificateSource[];
+  /**
+   * Hosts served with an internal-name certificate from Ward's CA (obtained and renewed in memory
+   * with the ingress identity; the CA grants only route hosts). Trusted only by clients that trust
+   * Ward's root: for internal names, never for the public internet.
+   */
+  internalHosts?: readonly string[];
   /** Mutual TLS at the edge: host → PEM file of the CA certificates its clients must chain to. */
   clientCaFiles?: ReadonlyMap<string, string>;
   /** Hosts the plain-HTTP listener serves (routed into the mesh) instead of redirecting to HTTPS. */
@@ -99,7 +105,8 @@ export class Ingress {
       logger: o.logger,
       registry: o.registry,
     });
-    this.#certs = new CertificateStore({ sources: o.certificates, tls: INGRESS_TLS, clock: this.#clock, logger: o.logger, registry: o.registry, timers: o.timers });
+    const internal = (o.internalHosts ?? []).map((host): CertificateSource => ({ host, internal: true }));
+    this.#certs = new CertificateStore({ sources: [...o.certificates, ...internal], tls: INGRESS_TLS, clock: this.#clock, logger: o.logger, registry: o.registry, timers: o.timers });
     this.#upstreams = new Upstreams({ trustDomain: td, bundle: () => this.#identities.bundle(), clock: this.#clock, logger: o.logger });
     this.#budget = new RetryBudget({ clock: this.#clock });
     this.#view = MeshView.empty(td, o.clusterDomain);
@@ -110,6 +117,13 @@ export class Ingress {
   async start(): Promise<IngressAddresses> {
     await this.#certs.start();
     await this.#identities.start();
+    if (this.#o.internalHosts?.length) {
+      this.#identities.on('change', (name) => {
+        const held = this.#identities.serverName(name);
+        if (held) this.#certs.provide(held.host, held.chainPem, held.key.exportPem());
+      });
+      this.#identities.setServerNames(this.#o.internalHosts);
+    }
     this.#admin = new AdminServer({
       source: { ready: () => this.ready(), state: () => this.state(), renewAll: () => this.#identities.renewAll() },
       registry: this.#o.registry,
@@ -175,7 +189,7 @@ export class Ingress {
       } catch (err) {
         throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: ${file}: ${(err as Error).message}`, { cause: err });
       }
-      if (!this.#certs.select(host)) throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: no certificate is configured for that host`);
+      if (!this.#certs.select(host) && !this.#o.internalHosts?.includes(host.toLowerCase())) throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: no certificate is configured for that host`);
       out.set(host.toLowerCase(), certs);
     }
     return out;
@@ -221,6 +235,7 @@ export class Ingress {
     } catch {
       reasons.push('no valid ingress certificate');
     }
+    for (const host of this.#certs.missing()) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
     return { ready: reasons.length === 0, reasons };
   }
 

@@ -35,7 +35,7 @@ import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core
 import { BodyTooLargeError, readBody } from '../core/http-body.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
 import type { Logger } from '../core/logger.js';
-import { PrivateKey, TrustBundle, createCsr, parseCertificates, verifySvid, type Certificate } from '../core/pki/index.js';
+import { PrivateKey, TrustBundle, createCsr, parseCertificates, validatePath, verifySvid, type Certificate } from '../core/pki/index.js';
 import { meshClientOptions, meshServerOptions, type Credentials } from '../core/tls/index.js';
 import { systemTimers, type Timers } from '../core/control/index.js';
 
@@ -99,6 +99,20 @@ export interface HeldIdentity {
   readonly notAfter: Date;
 }
 
+/**
+ * An internal-name server certificate (DNS names, not an SVID) held for the mesh ingress: a host
+ * of its routes without a certificate of its own (setServerNames). The key never leaves memory.
+ */
+export interface HeldServerName {
+  readonly host: string;
+  /** Leaf first, then the intermediate(s). */
+  readonly chainPem: string;
+  readonly key: PrivateKey;
+  readonly serial: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
 export interface IdentityStatus {
   identity: string;
   /**
@@ -145,8 +159,10 @@ interface Slot {
   readonly id: SpiffeId;
   readonly name: string;
   readonly isNode: boolean;
+  /** Set for an internal-name certificate (setServerNames); `name` is then the host. */
+  readonly host?: string;
   /** The last certificate obtained; kept after expiry for status() (get() checks the clock). */
-  held?: HeldIdentity;
+  held?: HeldIdentity | HeldServerName;
   /** Consecutive failed attempts (backoff exponent). */
   failures: number;
   lastError?: string;
@@ -181,6 +197,8 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
   readonly #node: Slot;
   /** Wanted workload identities by ID string. */
   readonly #workloads = new Map<string, Slot>();
+  /** Wanted internal-name certificates by host (the ingress only). */
+  readonly #names = new Map<string, Slot>();
   #bundle: TrustBundle;
   #bundlePem: string;
   /** A join token is one-time: once the CA has answered a join with it, it is never sent again. */
@@ -301,7 +319,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
 
   /** The node's own certificate. Throws WARD_PROXY_IDENTITY_UNAVAILABLE before start() or once expired. */
   node(): HeldIdentity {
-    const held = this.#valid(this.#node);
+    const held = this.#valid(this.#node) as HeldIdentity | undefined;
     if (!held) {
       throw new WardError('WARD_PROXY_IDENTITY_UNAVAILABLE', this.#node.held ? `the node certificate of ${this.nodeId} has expired` : `no node certificate for ${this.nodeId} yet (start() not finished)`);
     }
@@ -328,7 +346,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     this.#log.info({ roots: b.roots.length }, 'trust bundle updated; rebuilding secure contexts');
     const changed: string[] = [];
     for (const slot of [this.#node, ...this.#workloads.values()]) {
-      const held = this.#valid(slot);
+      const held = this.#valid(slot) as HeldIdentity | undefined;
       if (!held) continue;
       slot.held = hold(held.id, held.credentials.key, held.credentials.chainPem, held, b);
       changed.push(slot.name);
@@ -351,21 +369,37 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
       }
       wanted.set(id.toString(), id);
     }
+    this.#reconcile(this.#workloads, new Map([...wanted].map(([name, id]) => [name, () => newSlot(id, false)])), 'workload identity no longer wanted on this node; dropped');
+  }
+
+  /**
+   * The hosts wanted now for internal-name server certificates (the mesh ingress's route hosts that
+   * have no certificate of their own): each is obtained from the CA with the held identity (the CA
+   * grants only the ingress, and only its route hosts), renewed like every certificate here, and
+   * reported by 'change'/'lost' with the host as the name. Idempotent; unwanted hosts are dropped.
+   */
+  setServerNames(hosts: readonly string[]): void {
+    if (this.#closed) return;
+    this.#reconcile(this.#names, new Map(hosts.map((host) => [host, (): Slot => ({ id: this.nodeId, name: host, host, isNode: false, failures: 0, renewals: 0 })])), 'internal-name certificate no longer wanted; dropped');
+  }
+
+  /** Drops the slots of `map` not in `wanted`, adds (and starts obtaining) the new ones. */
+  #reconcile(map: Map<string, Slot>, wanted: ReadonlyMap<string, () => Slot>, droppedMessage: string): void {
     const lost: string[] = [];
-    for (const [name, slot] of this.#workloads) {
+    for (const [name, slot] of map) {
       if (wanted.has(name)) continue;
-      this.#workloads.delete(name);
+      map.delete(name);
       this.#disarm(slot.timer);
       this.#disarm(slot.expiryTimer);
       this.#expiry?.remove({ identity: name });
       if (this.#valid(slot)) lost.push(name);
-      this.#log.info({ identity: name }, 'workload identity no longer wanted on this node; dropped');
+      this.#log.info({ identity: name }, droppedMessage);
     }
     const added: Slot[] = [];
-    for (const [name, id] of wanted) {
-      if (this.#workloads.has(name)) continue;
-      const slot = newSlot(id, false);
-      this.#workloads.set(name, slot);
+    for (const [name, make] of wanted) {
+      if (map.has(name)) continue;
+      const slot = make();
+      map.set(name, slot);
       added.push(slot);
     }
     if (this.#started) for (const slot of added) void this.#attempt(slot);
@@ -375,20 +409,30 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
   /** The valid certificate for an identity (workload or node); undefined when none or expired (checked against the clock). */
   get(identity: string): HeldIdentity | undefined {
     const slot = identity === this.#node.name ? this.#node : this.#workloads.get(identity);
-    return slot ? this.#valid(slot) : undefined;
+    return slot ? (this.#valid(slot) as HeldIdentity | undefined) : undefined;
   }
 
-  /** True when every wanted workload identity has a valid certificate (the node's too). */
+  /** The valid internal-name certificate for a host (setServerNames); undefined when none or expired. */
+  serverName(host: string): HeldServerName | undefined {
+    const slot = this.#names.get(host);
+    return slot ? (this.#valid(slot) as HeldServerName | undefined) : undefined;
+  }
+
+  /** True when every wanted identity and internal name has a valid certificate (the node's too). */
   ready(): boolean {
     if (!this.#valid(this.#node)) return false;
-    for (const slot of this.#workloads.values()) if (!this.#valid(slot)) return false;
+    for (const slot of this.#others()) if (!this.#valid(slot)) return false;
     return true;
   }
 
-  /** Node first, then workloads sorted by identity. */
+  /** Node first, then workloads sorted by identity, then internal names sorted by host. */
   status(): IdentityStatus[] {
-    const slots = [...this.#workloads.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    return [this.#node, ...slots].map((s) => this.#statusOf(s));
+    const sorted = (m: Map<string, Slot>) => [...m.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return [this.#node, ...sorted(this.#workloads), ...sorted(this.#names)].map((s) => this.#statusOf(s));
+  }
+
+  #others(): Slot[] {
+    return [...this.#workloads.values(), ...this.#names.values()];
   }
 
   /**
@@ -398,7 +442,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
    */
   async renewAll(): Promise<void> {
     if (this.#closed || !this.#started) return;
-    await Promise.all([this.#node, ...this.#workloads.values()].map((s) => this.#attempt(s)));
+    await Promise.all([this.#node, ...this.#others()].map((s) => this.#attempt(s)));
   }
 
   /** Cancels every timer and in-flight request. Idempotent; resolves once in-flight work has unwound. */
@@ -408,14 +452,14 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     for (const t of this.#armed) this.#timers.clear(t);
     this.#armed.clear();
     this.#abort.abort();
-    const pending = [this.#starting, this.#node.inFlight, ...[...this.#workloads.values()].map((s) => s.inFlight)];
+    const pending = [this.#starting, this.#node.inFlight, ...this.#others().map((s) => s.inFlight)];
     this.#closing = Promise.allSettled(pending).then(() => undefined);
     return this.#closing;
   }
 
   // --- life cycle of one identity ---------------------------------------------------------------
 
-  #valid(slot: Slot): HeldIdentity | undefined {
+  #valid(slot: Slot): HeldIdentity | HeldServerName | undefined {
     const held = slot.held;
     return held && this.#clock.now() < held.notAfter.getTime() ? held : undefined;
   }
@@ -464,7 +508,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
 
   /** False once closed or the identity was dropped: a late result is discarded. */
   #current(slot: Slot): boolean {
-    return !this.#closed && (slot === this.#node || this.#workloads.get(slot.name) === slot);
+    return !this.#closed && (slot === this.#node || (slot.host !== undefined ? this.#names : this.#workloads).get(slot.name) === slot);
   }
 
   async #obtain(slot: Slot): Promise<Issued> {
@@ -472,7 +516,8 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     if (!slot.isNode) {
       const node = this.#valid(this.#node);
       if (!node) throw new WardError('WARD_PROXY_IDENTITY_UNAVAILABLE', `the node certificate of ${this.nodeId} is expired or missing`);
-      return this.#issue(node.credentials, slot.id);
+      if (slot.host !== undefined) return this.#issueServerName((node as HeldIdentity).credentials, slot.host);
+      return this.#issue((node as HeldIdentity).credentials, slot.id);
     }
     // The node renews itself with its current credentials (even an expired one: the CA then says
     // 401, which is what decides whether the join token may be tried).
@@ -480,7 +525,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     let issued: Issued;
     try {
       if (!current) throw new WardError('WARD_PROXY_IDENTITY_UNAVAILABLE', 'no node certificate');
-      issued = await this.#issue(current.credentials, undefined);
+      issued = await this.#issue((current as HeldIdentity).credentials, undefined);
     } catch (err) {
       const unauthenticated = !current || (err instanceof CaRefusalError && err.status === 401);
       if (!unauthenticated || !this.#tokenUsable()) throw err;
@@ -494,7 +539,8 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
   #install(slot: Slot, issued: Issued): void {
     const renewal = slot.held !== undefined;
     const { key, chainPem, leaf } = issued;
-    const held = hold(slot.id, key, chainPem, { serial: leaf.serialHex, notBefore: leaf.notBefore, notAfter: leaf.notAfter }, this.#bundle);
+    const v = { serial: leaf.serialHex, notBefore: leaf.notBefore, notAfter: leaf.notAfter };
+    const held = slot.host !== undefined ? Object.freeze({ host: slot.host, chainPem, key, ...v }) : hold(slot.id, key, chainPem, v, this.#bundle);
     slot.held = held;
     slot.failures = 0;
     slot.lastError = undefined;
@@ -513,7 +559,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
   }
 
   /** notBefore + (0.5 ± jitter) × lifetime. */
-  #renewAt(held: HeldIdentity): number {
+  #renewAt(held: { notBefore: Date; notAfter: Date }): number {
     const from = held.notBefore.getTime();
     const life = held.notAfter.getTime() - from;
     const r = Math.min(1, Math.max(0, this.#random()));
@@ -563,7 +609,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     }, delay);
   }
 
-  #onExpiry(slot: Slot, held: HeldIdentity): void {
+  #onExpiry(slot: Slot, held: HeldIdentity | HeldServerName): void {
     slot.expiryTimer = undefined;
     if (slot.held !== held || !this.#current(slot)) return;
     const left = held.notAfter.getTime() - this.#clock.now();
@@ -629,6 +675,18 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     if (identity) body.identity = identity.toString();
     if (this.#ttl !== undefined) body.ttl = this.#ttl;
     return this.#accept(await this.#post('/v1/issue', body, creds), key, id);
+  }
+
+  /** An internal-name server certificate for `host` (the ingress; see setServerNames). */
+  async #issueServerName(creds: Credentials, host: string): Promise<Issued> {
+    const key = PrivateKey.generate();
+    const body: Record<string, unknown> = { csr: createCsr(key), dnsNames: [host] };
+    if (this.#ttl !== undefined) body.ttl = this.#ttl;
+    const answer = (await this.#post('/v1/issue', body, creds)) as Record<string, unknown> | undefined;
+    if (typeof answer !== 'object' || answer === null || typeof answer.certificate !== 'string') {
+      throw new WardError('WARD_CA_UNREACHABLE', 'the CA answered without a certificate');
+    }
+    return checkServerNameIssued(answer.certificate, key, host, this.#bundle, this.#clock.now());
   }
 
   /**
@@ -815,6 +873,23 @@ async function checkIssued(chainPem: string, key: PrivateKey, expectedId: Spiffe
   }
   const r = await verifySvid(chain, bundle, new Date(now), { usage: 'any', expectedId });
   if (!r.ok) throw new WardError(r.reason === 'unexpected-identity' ? 'WARD_PKI_SVID_INVALID' : 'WARD_PKI_CHAIN_INVALID', `the certificate does not verify against the trust bundle (${r.reason}): ${r.detail}`);
+  return { key, chainPem: chainPem.trim() + '\n', leaf };
+}
+
+/** An internal-name chain is usable for `key` and `host`: it is for the key, names the host, and validates for serverAuth against `bundle` at `now`. */
+async function checkServerNameIssued(chainPem: string, key: PrivateKey, host: string, bundle: TrustBundle, now: number): Promise<Issued> {
+  let chain: Certificate[];
+  try {
+    chain = parseCertificates(chainPem);
+  } catch (err) {
+    throw new WardError('WARD_PKI_CERT_INVALID', `the certificate chain cannot be parsed: ${(err as Error).message}`, { cause: err });
+  }
+  const [leaf, ...intermediates] = chain;
+  if (leaf === undefined) throw new WardError('WARD_PKI_CERT_INVALID', 'the certificate chain is empty');
+  if (!leaf.publicKeyDer.equals(key.publicKeyDer())) throw new WardError('WARD_PKI_KEY_MISMATCH', 'the certificate is not for the key generated for it');
+  if (!leaf.dnsNames.includes(host) || leaf.uris.length > 0) throw new WardError('WARD_PKI_CERT_INVALID', `the certificate is not an internal-name certificate for ${host}`);
+  const r = await validatePath({ leaf, intermediates, roots: [...bundle.roots], at: new Date(now), extendedKeyUsage: 'serverAuth' });
+  if (!r.ok) throw new WardError('WARD_PKI_CHAIN_INVALID', `the certificate does not verify against the trust bundle (${r.reason}): ${r.detail}`);
   return { key, chainPem: chainPem.trim() + '\n', leaf };
 }
 

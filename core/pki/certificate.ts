@@ -815,6 +815,52 @@ export class LeafSigner {
     return { tbs, serialHex, notBefore: v.notBefore, notAfter: v.notAfter };
   }
 
+  /**
+   * A TLS server certificate for DNS names, for the mesh ingress's hosts that have no certificate of
+   * their own ("internal names": only clients that trust Ward's root accept it; never for the public
+   * internet). Deliberately NOT an X.509-SVID: no URI SAN, extKeyUsage serverAuth only, so it can
+   * never pass as a mesh identity (checkSvidLeaf needs exactly one URI SAN) nor as a client
+   * certificate. Subject CN = the first name when it fits (64 characters), for people reading
+   * `openssl x509` output; clients match the DNS SANs only. Names are the caller's to check
+   * (lowercase DNS names, a wildcard only as the whole first label); at most 16.
+   * Not on the hot path, so encoded with the general encoders rather than in one pass.
+   */
+  signServerName(o: { publicKeyDer: Buffer; dnsNames: readonly string[]; notBefore: Date; notAfter: Date }): IssuedCertificate {
+    const spki = o.publicKeyDer;
+    if (!isP256Spki(spki)) throw new WardError('WARD_PKI_KEY_INVALID', 'leaf public key must be an uncompressed ECDSA P-256 SubjectPublicKeyInfo');
+    if (o.dnsNames.length === 0 || o.dnsNames.length > 16) bug(`signServerName: 1..16 DNS names, got ${o.dnsNames.length}`);
+    for (const n of o.dnsNames) if (!/^(\*\.)?[a-z0-9.-]{1,253}$/.test(n)) bug(`signServerName: ${JSON.stringify(n)} is not a lowercase DNS name`);
+    const v = checkValidity(o.notBefore, o.notAfter);
+    if (v.notAfter.getTime() > this.#notAfterLimit) {
+      bug(`leaf notAfter ${v.notAfter.toISOString()} is past the issuer's ${this.issuer.cert.notAfter.toISOString()}; clamp it first`);
+    }
+    const serial = encodeSerial(undefined);
+    const first = o.dnsNames[0];
+    const subject = first.length <= 64 ? encodeName([['CN', first]]) : EMPTY_NAME;
+    const san = extension(EXT_OID.subjectAltName, subject === EMPTY_NAME, seq(...o.dnsNames.map((n) => tlv(0x82, Buffer.from(n, 'latin1')))));
+    const tbs = seq(
+      VERSION_V3,
+      serial.tlv,
+      this.#algAndIssuer,
+      seq(encodeTime(v.notBefore), encodeTime(v.notAfter)),
+      subject,
+      spki,
+      tlv(
+        0xa3,
+        seq(
+          extension(EXT_OID.basicConstraints, true, seq()),
+          extension(EXT_OID.keyUsage, true, encodeNamedBits([KU.digitalSignature])),
+          extension(EXT_OID.extKeyUsage, false, seq(encodeOid('1.3.6.1.5.5.7.3.1'))),
+          san,
+          skiExtension(keyIdentifier(spki.subarray(P256_SPKI_PREFIX.length))),
+          this.#aki,
+        ),
+      ),
+    );
+    const signature = cryptoSign('sha256', tbs, { key: this.#key, dsaEncoding: 'der' });
+    return this.#wrap({ tbs, serialHex: serial.hex, notBefore: v.notBefore, notAfter: v.notAfter }, signature);
+  }
+
   #wrap(t: { tbs: Buffer; serialHex: string; notBefore: Date; notAfter: Date }, signature: Buffer): IssuedCertificate {
     const { tbs, serialHex } = t;
     const bitString = signature.length + 1;
