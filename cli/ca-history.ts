@@ -27,7 +27,7 @@ read-only, so it works while "ward ca serve" runs.
 
 Flags:
   --state DIR          the CA state directory (required)
-  --identity ID        only this SPIFFE ID
+  --identity ID        only this SPIFFE ID, or dns:HOST (an ingress internal-name certificate)
   --requester WHO      only this requester (a node's SPIFFE ID, "join-token:NODE", "admin:USER")
   --refused            only refusals (audit log)
   --certificates       the inventory of issued certificates instead of the audit log
@@ -41,7 +41,9 @@ Example:
     const limit = Number(optional(args, 'limit'));
     if (!Number.isInteger(limit) || limit < 1 || limit > 1000) throw new WardError('WARD_USAGE', `--limit must be a whole number from 1 to 1000, got "${optional(args, 'limit')}"`);
     const idText = optional(args, 'identity');
-    const identity = idText === undefined ? undefined : SpiffeId.parse(idText).toString();
+    // Internal-name certificates (ward ingress --internal-cert) are recorded as "dns:<names>", not
+    // as a SPIFFE ID: taken as written, so the records the CA keeps for them can be found.
+    const identity = idText === undefined ? undefined : idText.startsWith('dns:') ? idText : SpiffeId.parse(idText).toString();
     const requester = optional(args, 'requester');
     const certificates = flag(args, 'certificates');
     if (certificates && flag(args, 'refused')) throw new WardError('WARD_USAGE', '--refused applies to the audit log; it cannot be combined with --certificates');

@@ -10,10 +10,13 @@ import { JoinTokens } from '../ca/index.js';
 import { EXAMPLE_WARD_YAML, parseWardYaml, type MeshModel } from '../discovery/index.js';
 import { EXIT_OK, optional, type CliIo, type Command } from './command.js';
 import { logLevelArg } from './ca.js';
+import { INGRESS_DEFAULTS } from './ingress.js';
 import { Supervisor } from './supervisor.js';
 
 /** Where `ward up` puts the control plane (the defaults of `ward control`). */
 export const UP_PORTS = { ca: 8443, discovery: 8444, admin: 9443 } as const;
+/** The ingress under ward up: its own defaults (cli/ingress.ts), on loopback. */
+export const UP_INGRESS = INGRESS_DEFAULTS;
 const PID_FILE = 'up.pid';
 const READY_TIMEOUT_MS = 60_000;
 
@@ -146,6 +149,9 @@ function tour(model: MeshModel, stateDir: string, source: string): string {
   for (const w of wl) {
     lines.push(`  ${w.name.padEnd(15)} ${w.identity}  app ${w.address}:${w.ports.join(',')}  outbound proxy http://${w.address}:15001`);
   }
+  if (model.routes.length > 0) {
+    lines.push(`  ${'ingress'.padEnd(15)} https ${UP_INGRESS.https} (http ${UP_INGRESS.http}: 308 to https), admin http://${UP_INGRESS.admin}   hosts: ${model.routes.map((r) => r.host).join(', ')}`);
+  }
   const svc = [...model.services];
   const from = wl[0];
   // Something to call: a service other than the caller's own (by its app label), else the first.
@@ -156,6 +162,12 @@ function tour(model: MeshModel, stateDir: string, source: string): string {
     lines.push(`  curl -x http://${from.address}:15001 ${target}/hello              # ${from.name} calls ${to.name}: the app shows the caller identity`);
     lines.push(`  curl -x http://${from.address}:15001 -X POST ${target}/hello      # a request the policies deny: 403`);
     lines.push(`  ward policy explain --from ${from.namespace}/${from.serviceAccount} --to ${to.name}.${to.namespace}:${to.ports[0].port} --method POST --path /hello`);
+  }
+  const host = model.routes.find((r) => !r.host.startsWith('*.'));
+  if (host) {
+    const https = `https://${host.host}:${UP_INGRESS.https.split(':')[1]}`;
+    const resolve = host.host.endsWith('.localhost') ? '' : ` --resolve ${host.host}:${UP_INGRESS.https.split(':')[1]}:127.0.0.1`;
+    lines.push(`  curl --cacert ${join(stateDir, 'bundle.pem')}${resolve} ${https}/hello   # from outside, through the ingress (a certificate from Ward's CA)`);
   }
   const node = model.nodes[0];
   const local = wl.find((w) => w.node === node?.name);
@@ -180,7 +192,10 @@ Runs the whole mesh on this machine from ward.yaml, each part as its own supervi
   - the control plane ("ward control": the CA and the discovery pool) on 127.0.0.1:${UP_PORTS.ca}/${UP_PORTS.discovery}/${UP_PORTS.admin};
   - one node proxy ("ward proxy") per declared node, on the node's loopback address;
   - every workload that has a "command" (argv; {address}, {port}, {name}, {namespace} and {proxy}
-    are filled in, "ward" runs this ward; HTTP_PROXY/http_proxy point at its outbound proxy).
+    are filled in, "ward" runs this ward; HTTP_PROXY/http_proxy point at its outbound proxy);
+  - when ward.yaml has ingress routes, the mesh ingress ("ward ingress") on https ${UP_INGRESS.https}
+    (http ${UP_INGRESS.http} redirects), serving every route host with a certificate from Ward's CA
+    for internal names: trusted by clients given DIR/bundle.pem (curl --cacert), not by browsers.
 
 Which mesh: --config FILE, else ./ward.yaml when it exists, else the built-in example (two nodes,
 web and api with two replicas each running "ward echo", and policies that let web GET api and
@@ -282,6 +297,29 @@ Flags:
           env: { ...process.env, NODE_OPTIONS: '' },
         });
       }
+      // 2b. The ingress, when there are routes: every route host served with an internal-name
+      // certificate from Ward's CA (ward.yaml names no certificate files).
+      const ingressHosts = model.routes.map((r) => r.host);
+      if (ingressHosts.length > 0) {
+        say('… starting the mesh ingress');
+        const base = [
+          ...ward.args, 'ingress', '--bundle', bundleFile, '--trust-domain', model.trustDomain, '--state', join(stateDir, 'ingress'),
+          '--https', UP_INGRESS.https, '--http', UP_INGRESS.http, '--admin', UP_INGRESS.admin, '--log-level', level,
+          ...ingressHosts.flatMap((h) => ['--internal-cert', h]),
+        ];
+        await sup.start({
+          name: 'ingress',
+          command: ward.command,
+          args: base,
+          // Like the proxies: a fresh token at every start, ignored when the saved identity is valid.
+          prepare: async () => {
+            await writeFile(bundleFile, await bundlePem(stateDir), { mode: 0o644 });
+            const t = await tokens.createForIngress(10 * 60_000);
+            return { args: [...base, '--token', t.token] };
+          },
+          env: { ...process.env, NODE_OPTIONS: '' },
+        });
+      }
       // 3. Workloads with a command.
       const apps = model.workloads.filter((w) => w.command && w.command.length > 0);
       if (apps.length) say(`… starting ${apps.length} workload${apps.length === 1 ? '' : 's'}`);
@@ -306,6 +344,10 @@ Flags:
         await until(`workload ${w.name}`, () => tcpOpen(w.address, w.ports[0]), deadline, () => stopping || failedAtStart(sup, w.name));
       }
       if (apps.length) say(`✓ workloads listening: ${apps.map((w) => w.name).join(', ')}`);
+      if (ingressHosts.length > 0) {
+        await until('the ingress', async () => (await getStatus(`http://${UP_INGRESS.admin}/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'ingress'));
+        say(`✓ ingress ready: https ${UP_INGRESS.https} for ${ingressHosts.join(', ')}`);
+      }
       io.stdout.write(tour(model, stateDir, source) + '\n');
       const signal = await stopped;
       say(`ward up: ${signal}: draining and stopping everything`);
@@ -314,7 +356,7 @@ Flags:
       process.off('SIGINT', signalled);
       process.off('SIGTERM', signalled);
       // Workloads first (nothing new starts), then proxies (they drain), then the control plane.
-      await sup.stop({ order: [model.workloads.map((w) => w.name), model.nodes.map((n) => `proxy-${n.name}`), ['control']] });
+      await sup.stop({ order: [['ingress'], model.workloads.map((w) => w.name), model.nodes.map((n) => `proxy-${n.name}`), ['control']] });
       await writing;
       await rm(processesFile, { force: true });
       await rm(`${processesFile}.tmp`, { force: true });

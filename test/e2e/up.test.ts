@@ -41,7 +41,8 @@ const API = 'http://api.shop:8080';
 const WEB = 'http://web.shop:80';
 /** Outbound proxies of the example's workloads. */
 const OUT = { web1: 'http://127.0.20.1:15001', web2: 'http://127.0.20.2:15001', api1: 'http://127.0.30.1:15001' } as const;
-const COMPONENTS = ['control', 'proxy-node-a', 'proxy-node-b', 'web-1', 'web-2', 'api-1', 'api-2'];
+const COMPONENTS = ['control', 'proxy-node-a', 'proxy-node-b', 'ingress', 'web-1', 'web-2', 'api-1', 'api-2'];
+const INGRESS_ID = 'spiffe://cluster.local/ns/ward-system/sa/ward-ingress';
 /** Every address:port `ward up` listens on for the example. */
 const LISTENERS: [string, number][] = [
   ['127.0.0.1', 8443],
@@ -59,6 +60,9 @@ const LISTENERS: [string, number][] = [
   ['127.0.20.2', 8080],
   ['127.0.30.1', 9090],
   ['127.0.30.2', 9090],
+  ['127.0.0.1', 10443],
+  ['127.0.0.1', 10080],
+  ['127.0.0.1', 15020],
 ];
 /** Bound on a mesh start: control plane, two proxies with their certificates, four apps. */
 const UP_MS = 60_000;
@@ -338,6 +342,31 @@ describe('ward up: the built-in example mesh as real processes', () => {
     // undici's default ProxyAgent tunnels (CONNECT): a TCP tunnel cannot match api's GET/HEAD rule,
     // so it is denied (the connection closed) rather than a way around the method rule.
     await expect(call(OUT.web1, `${API}/tunnelled`, { tunnel: true })).rejects.toThrow();
+  });
+
+  it('the ingress serves shop.localhost with a certificate from Ward\'s CA, into web across nodes', async () => {
+    const bundle = join(stateDir, 'bundle.pem');
+    expect(up.output.stdout).toContain(`curl --cacert ${bundle} https://shop.localhost:10443/hello`);
+    // As the tour says: trusted with the mesh bundle, routed to web, which sees the ingress identity.
+    const seen = new Set<string>();
+    for (let i = 0; i < 8; i++) {
+      const got = await curl(['--cacert', bundle, '--resolve', 'shop.localhost:10443:127.0.0.1', `https://shop.localhost:10443/hello?i=${i}`]);
+      expect(got.status, got.body).toBe(200);
+      const echo = JSON.parse(got.body) as Echo;
+      expect(echo).toMatchObject({ method: 'GET', path: `/hello?i=${i}`, caller: INGRESS_ID });
+      seen.add(echo.workload);
+    }
+    // Balanced across both web replicas (one per node).
+    expect([...seen].sort()).toEqual(['web-1', 'web-2']);
+    // Not trusted without Ward's root (an internal name, not for the public internet).
+    await expect(curl(['--resolve', 'shop.localhost:10443:127.0.0.1', 'https://shop.localhost:10443/'])).rejects.toThrow(/certificate/i);
+    // Plain HTTP redirects.
+    const redirect = await execFileP('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code} %{redirect_url}', '--resolve', 'shop.localhost:10080:127.0.0.1', 'http://shop.localhost:10080/a?b=1'], { timeout: REQUEST_MS });
+    expect(redirect.stdout).toBe('308 https://shop.localhost:10443/a?b=1');
+    // The CA recorded it as an internal-name certificate requested by the ingress.
+    const inv = await ward(['ca', 'inspect', '--state', stateDir, '--json', '--latest', '1000']);
+    expect(inv.code, inv.stderr).toBe(0);
+    expect(inv.stdout).toContain('dns:shop.localhost');
   });
 
   it('a node proxy killed: ward check fails naming the node, the supervisor restarts it, green again', async () => {
