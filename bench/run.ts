@@ -60,13 +60,18 @@ const BENCHMARKS: Benchmark[] = [
   },
 ];
 
-const USAGE = 'usage: npm run bench [-- --quick] [-- --json]';
+const USAGE = `usage: npm run bench [-- --quick] [-- --json] [-- --only NAME] (NAME: ${BENCHMARKS.map((b) => b.name).join(', ')}; repeatable)`;
 
-let args: { quick: boolean; json: boolean };
+let args: { quick: boolean; json: boolean; only: string[] };
 try {
   const { values } = parseArgs({
     args: process.argv.slice(2),
-    options: { quick: { type: 'boolean', default: false }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    options: {
+      quick: { type: 'boolean', default: false },
+      json: { type: 'boolean', default: false },
+      only: { type: 'string', multiple: true },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
     strict: true,
     allowPositionals: false,
   });
@@ -74,7 +79,10 @@ try {
     console.log(USAGE);
     process.exit(0);
   }
-  args = { quick: !!values.quick, json: !!values.json };
+  const only = values.only ?? [];
+  const unknown = only.filter((n) => !BENCHMARKS.some((b) => b.name === n));
+  if (unknown.length) throw new Error(`unknown benchmark ${unknown.join(', ')}`);
+  args = { quick: !!values.quick, json: !!values.json, only };
 } catch (err) {
   console.error(`${(err as Error).message}\n${USAGE}`);
   process.exit(2);
@@ -91,6 +99,7 @@ const results: Record<string, unknown> = {};
 const summary: string[] = [];
 let failed = false;
 for (const b of BENCHMARKS) {
+  if (args.only.length > 0 && !args.only.includes(b.name)) continue;
   say(`\n== ${b.name}`);
   try {
     const r = await b.run({ quick: args.quick, progress });

@@ -108,7 +108,7 @@ describe('CertificateAuthority.issueServerName', () => {
       { time: new Date(now).toISOString(), decision: 'issued', requester: INGRESS.toString(), identity, serial: r.serialHex },
     ]);
     expect(ca.counts()).toMatchObject({ issued: 1, refused: 0, certificates: 1 });
-    expect(await registry.getSingleMetricAsString('ward_ca_certificates_issued_total')).toMatch(/ward_ca_certificates_issued_total 1\n/);
+    expect(await registry.getSingleMetricAsString('ward_ca_certificates_issued_total')).toMatch(/^ward_ca_certificates_issued_total 1$/m);
   });
 
   it('is verified by openssl as a TLS server certificate for its names against the bundle, and not as a client one', async () => {
@@ -137,7 +137,8 @@ describe('CertificateAuthority.issueServerName', () => {
     clock.set(issuerEnd + 1000);
     const expired = await errorOf(ca.issueServerName({ csr: createCsr(PrivateKey.generate()), dnsNames: [SHOP], requester: INGRESS.toString() }));
     expect(expired.code).toBe('WARD_CA_ISSUER_NOT_VALID');
-    expect(await ca.inventory.query({ identity: `dns:${SHOP}` })).toHaveLength(2);
+    expect(await ca.inventory.query({ identity: `dns:${SHOP},${APPS}` })).toHaveLength(2);
+    expect(await ca.inventory.query({ identity: `dns:${SHOP}` })).toEqual([expect.objectContaining({ serial: late.serialHex })]);
   });
 
   it('takes exactly MAX_SERVER_NAMES (16) names, and never reports to onIssued (not a mesh identity)', async () => {

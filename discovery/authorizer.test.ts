@@ -57,3 +57,51 @@ describe('modelAuthorizer', () => {
     expect(a.mayRenewNode(node('node-a'))).toBe(true);
   });
 });
+
+describe('modelAuthorizer.mayObtainServerName (internal-name certificates for the ingress)', () => {
+  const INGRESS = SpiffeId.ingress(TD);
+  const withRoutes = (hosts: string[]) =>
+    editedExample((d) => {
+      d.ingress.routes = hosts.map((host) => ({ host, paths: [{ path: '/', pathType: 'Prefix', service: 'web.shop', port: 80 }] }));
+    });
+
+  it('lets the ingress of the trust domain obtain exactly the route hosts, a wildcard host only as that wildcard', () => {
+    const a = modelAuthorizer(() => withRoutes(['shop.localhost', '*.apps.localhost', 'api.internal.example']));
+    expect(a.mayObtainServerName(INGRESS, 'shop.localhost')).toBe(true);
+    expect(a.mayObtainServerName(INGRESS, '*.apps.localhost')).toBe(true);
+    expect(a.mayObtainServerName(INGRESS, 'api.internal.example')).toBe(true);
+    // A name under a wildcard route is not the wildcard; nor are parents, other cases, trailing dots, other names.
+    for (const name of ['x.apps.localhost', 'apps.localhost', '*.localhost', 'SHOP.localhost', 'shop.localhost.', 'localhost', 'www.shop.localhost', 'bank.example.com', '']) {
+      expect(a.mayObtainServerName(INGRESS, name), name).toBe(false);
+    }
+  });
+
+  it('answers only the ingress of the model\'s trust domain, never a node, a workload or a foreign ingress', () => {
+    const a = modelAuthorizer(() => withRoutes(['shop.localhost']));
+    expect(a.mayObtainServerName(INGRESS, 'shop.localhost')).toBe(true);
+    expect(a.mayObtainServerName(SpiffeId.ingress('other.org'), 'shop.localhost')).toBe(false);
+    expect(a.mayObtainServerName(node('node-a'), 'shop.localhost')).toBe(false);
+    expect(a.mayObtainServerName(WEB, 'shop.localhost')).toBe(false);
+    // Same namespace as the ingress, another service account; the ingress's account in another namespace.
+    expect(a.mayObtainServerName(SpiffeId.workload(TD, 'ward-system', 'web'), 'shop.localhost')).toBe(false);
+    expect(a.mayObtainServerName(SpiffeId.workload(TD, 'shop', 'ward-ingress'), 'shop.localhost')).toBe(false);
+    expect(a.mayObtainServerName(SpiffeId.parse(`spiffe://${TD}/ward/ca`), 'shop.localhost')).toBe(false);
+  });
+
+  it('answers from the current model: removing a route revokes at once, adding one grants', () => {
+    let model = parseWardYaml(EXAMPLE_WARD_YAML, 'ward.yaml');
+    const a = modelAuthorizer(() => model);
+    // The example's own route host.
+    expect(a.mayObtainServerName(INGRESS, 'shop.localhost')).toBe(true);
+    expect(a.mayObtainServerName(INGRESS, 'admin.localhost')).toBe(false);
+    model = withRoutes(['admin.localhost']);
+    expect(a.mayObtainServerName(INGRESS, 'shop.localhost')).toBe(false);
+    expect(a.mayObtainServerName(INGRESS, 'admin.localhost')).toBe(true);
+    model = editedExample((d) => {
+      delete d.ingress;
+    });
+    expect(model.routes).toEqual([]);
+    expect(a.mayObtainServerName(INGRESS, 'admin.localhost')).toBe(false);
+    expect(a.mayObtainServerName(INGRESS, 'shop.localhost')).toBe(false);
+  });
+});

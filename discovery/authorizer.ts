@@ -36,7 +36,7 @@ export function modelAuthorizer(getModel: () => MeshModel): ModelAuthorizer {
     },
     mayObtainServerName(ingress, name) {
       const model = getModel();
-      return ingress.isIngress && ingress.memberOf(model.trustDomain) && true;
+      return ingress.isIngress && ingress.memberOf(model.trustDomain) && model.routes.some((r) => r.host === name);
     },
   };
 }

@@ -1,8 +1,10 @@
 /**
- * CertificateStore: real certificates minted by `openssl` (Ward's own signer issues URI-SAN SVIDs
- * only), real files, real fs.watch, real TLS handshakes on 127.0.0.1. Validity is judged on a
- * ManualClock; reloads are awaited as events, never slept for.
+ * CertificateStore: real certificates minted by `openssl` (Ward's own signer issues URI-SAN SVIDs,
+ * and DNS certificates only for internal names: those tests use it), real files, real fs.watch, real
+ * TLS handshakes on 127.0.0.1. Validity is judged on a ManualClock; reloads are awaited as events,
+ * never slept for.
  */
+import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -15,8 +17,10 @@ import { ManualClock } from '../core/clock.js';
 import type { Timers } from '../core/control/index.js';
 import { isWardError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { SpiffeId } from '../core/identity/index.js';
+import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
 import { opensslOk, tempDir } from '../test/helpers/openssl.js';
-import { CertificateStore, MAX_CERTIFICATE_FILE_BYTES, type CertificateSource, type CertificateStoreEvents, type CertificateStoreOptions } from './certificates.js';
+import { CertificateStore, INTERNAL_SOURCE, MAX_CERTIFICATE_FILE_BYTES, type CertificateSource, type CertificateStoreEvents, type CertificateStoreOptions } from './certificates.js';
 
 const DAY = 86_400_000;
 const TLS = { minVersion: 'TLSv1.2' } as const;
@@ -588,5 +592,277 @@ describe('CertificateStore: start and configuration', () => {
     expect(() => makeStore([{ host: 'A.example.com', ...src }, { host: 'a.example.com.', ...src }])).toThrow(/host "a\.example\.com" is listed twice/);
     expect(() => makeStore([{ host: '*.Example.com', ...src }, { host: '*.example.com', ...src }])).toThrow(/listed twice/);
     expect(() => new CertificateStore({ sources: [], tls: { cert: 'x' }, logger: createLogger({ level: 'silent' }) })).toThrow(/^BUG: /);
+  });
+});
+
+describe('CertificateStore: internal-name certificates (provide)', () => {
+  const HOST = 'svc.internal.example';
+  const WILD = '*.apps.internal.example';
+
+  /**
+   * A Ward hierarchy (what the CA's LeafSigner.signServerName issues for the ingress), on the real
+   * clock: the store judges dates on a ManualClock at the real time, and handshakes run on real time.
+   */
+  function wardPki() {
+    const now = Date.now();
+    const rootKey = PrivateKey.generate();
+    const intKey = PrivateKey.generate();
+    const window = { notBefore: new Date(now - DAY), notAfter: new Date(now + 30 * DAY) };
+    const root = createRoot({ key: rootKey, trustDomain: 'example.org', ...window });
+    const inter = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: 'example.org', ...window });
+    const signer = new LeafSigner({ cert: inter, key: intKey });
+    /** A chain (leaf + intermediate) and key, as the ingress's IdentityManager hands them over. */
+    const issue = (names: string[], o: { from?: number; until?: number } = {}) => {
+      const key = PrivateKey.generate();
+      const leaf = signer.signServerName({
+        publicKeyDer: key.publicKeyDer(),
+        dnsNames: names,
+        notBefore: new Date(o.from ?? now - 60_000),
+        notAfter: new Date(o.until ?? now + 3_600_000),
+      });
+      return { chainPem: leaf.pem() + inter.pem, keyPem: key.exportPem(), leafPem: leaf.pem(), fingerprint: new X509Certificate(leaf.der).fingerprint256 };
+    };
+    const svid = () => {
+      const key = PrivateKey.generate();
+      const leaf = signer.sign({ publicKeyDer: key.publicKeyDer(), id: SpiffeId.workload('example.org', 'shop', 'web'), notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) });
+      return { chainPem: leaf.pem() + inter.pem, keyPem: key.exportPem() };
+    };
+    return { now, root, inter, issue, svid };
+  }
+
+  /** Fingerprint the client saw verifying against Ward's root (not the test CA), or the handshake error. */
+  async function wardHandshake(port: number, servername: string, rootPem: string): Promise<string> {
+    const socket = tls.connect({ host: '127.0.0.1', port, servername, ca: rootPem, checkServerIdentity: (_h, cert) => tls.checkServerIdentity(servername, cert) });
+    try {
+      await once(socket, 'secureConnect');
+      return socket.getPeerCertificate().fingerprint256;
+    } catch (err) {
+      return `error: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+    } finally {
+      socket.destroy();
+    }
+  }
+
+  it('starts without the internal certificate, serves nothing for the host until provide(), then serves it; missing() says which', async () => {
+    const pki = wardPki();
+    const dir = await tempDir();
+    const { store, registry, logs, rawLogs } = makeStore([await pemSource(dir, 'a.example.com', m.a1), { host: HOST, internal: true }]);
+    expect(store.missing()).toEqual(['a.example.com', HOST]);
+    await store.start();
+    expect(store.missing()).toEqual([HOST]);
+    expect(store.select(HOST)).toBeUndefined();
+    expect(store.list().map((c) => c.host)).toEqual(['a.example.com']);
+    const port = await serve(store);
+    expect(await wardHandshake(port, HOST, pki.root.pem)).toMatch(/^error: ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE/);
+
+    const loaded: string[] = [];
+    store.on('loaded', (host) => loaded.push(host));
+    const cert = pki.issue([HOST]);
+    expect(store.provide(HOST, cert.chainPem, cert.keyPem)).toBe(true);
+    expect(loaded).toEqual([HOST]);
+    expect(store.missing()).toEqual([]);
+    expect(store.select(HOST)).toMatchObject({ host: HOST, fingerprint: cert.fingerprint, subject: `CN=${HOST}`, source: INTERNAL_SOURCE });
+    expect(store.select('SVC.Internal.Example.')?.fingerprint).toBe(cert.fingerprint);
+    expect(store.list().map((c) => c.host)).toEqual(['a.example.com', HOST]);
+    // A real handshake: the client trusts Ward's root and checks the name.
+    expect(await wardHandshake(port, HOST, pki.root.pem)).toBe(cert.fingerprint);
+    expect(await handshake(port, 'a.example.com')).toBe(m.a1.fingerprint);
+
+    const notAfter = store.select(HOST)!.notAfter.getTime();
+    expect(await metric(registry, 'ward_ingress_certificate_expiry_timestamp_seconds')).toContainEqual(
+      expect.objectContaining({ labels: { host: HOST }, value: Math.floor(notAfter / 1000) }),
+    );
+    expect(logs.filter((l) => l.msg === 'loaded certificate' && l.host === HOST)).toEqual([expect.objectContaining({ file: INTERNAL_SOURCE, fingerprint: cert.fingerprint })]);
+    expect(rawLogs.join('')).not.toMatch(/PRIVATE KEY|BEGIN/);
+  });
+
+  it('start() needs no internal source: a store of internal sources only starts with nothing served, and reload() leaves them be', async () => {
+    const pki = wardPki();
+    const timers: Timers = { set: () => expect.fail('nothing to watch or poll'), clear: () => {} };
+    const { store } = makeStore([{ host: HOST, internal: true }, { host: WILD, internal: true }], { timers, pollIntervalMs: 0, watch: true });
+    await store.start();
+    expect(store.list()).toEqual([]);
+    expect(store.missing()).toEqual([HOST, WILD]);
+    const cert = pki.issue([HOST]);
+    expect(store.provide(HOST, cert.chainPem, cert.keyPem)).toBe(true);
+    const events: string[] = [];
+    store.on('loaded', (h) => events.push(`loaded ${h}`));
+    store.on('refused', (h) => events.push(`refused ${h}`));
+    await store.reload();
+    expect(events).toEqual([]);
+    expect(store.select(HOST)?.fingerprint).toBe(cert.fingerprint);
+    expect(store.missing()).toEqual([WILD]);
+  });
+
+  it('renews: a new chain replaces the old for new handshakes, an open connection keeps its own, the same chain again is a no-op', async () => {
+    const pki = wardPki();
+    const { store } = makeStore([{ host: HOST, internal: true }]);
+    await store.start();
+    const port = await serve(store);
+    const first = pki.issue([HOST]);
+    expect(store.provide(HOST, first.chainPem, first.keyPem)).toBe(true);
+    const before = tls.connect({ host: '127.0.0.1', port, servername: HOST, ca: pki.root.pem });
+    onTestFinished(() => void before.destroy());
+    await once(before, 'secureConnect');
+    expect(await echo(before, 'one')).toBe('one');
+
+    const loaded: string[] = [];
+    store.on('loaded', (h) => loaded.push(h));
+    const second = pki.issue([HOST]);
+    expect(store.provide(HOST, second.chainPem, second.keyPem)).toBe(true);
+    expect(store.provide(HOST, second.chainPem, second.keyPem)).toBe(true);
+    expect(loaded).toEqual([HOST]);
+    expect(store.select(HOST)?.fingerprint).toBe(second.fingerprint);
+    expect(await wardHandshake(port, HOST, pki.root.pem)).toBe(second.fingerprint);
+    expect(await echo(before, 'two')).toBe('two');
+    expect(before.getPeerCertificate().fingerprint256).toBe(first.fingerprint);
+  });
+
+  it('serves a wildcard host from that very wildcard, and refuses a certificate for a single name under it', async () => {
+    const pki = wardPki();
+    const { store } = makeStore([{ host: WILD, internal: true }]);
+    await store.start();
+    const port = await serve(store);
+    const narrow = pki.issue(['x.apps.internal.example']);
+    const refused = next(store, 'refused');
+    expect(store.provide(WILD, narrow.chainPem, narrow.keyPem)).toBe(false);
+    expect((await refused)[1]).toMatch(/^certificate does not cover the wildcard \*\.apps\.internal\.example .*; its DNS names: x\.apps\.internal\.example$/);
+    expect(store.missing()).toEqual([WILD]);
+    const wild = pki.issue([WILD]);
+    expect(store.provide(WILD, wild.chainPem, wild.keyPem)).toBe(true);
+    expect(store.select('x.apps.internal.example')?.fingerprint).toBe(wild.fingerprint);
+    expect(store.select('a.b.apps.internal.example')).toBeUndefined();
+    expect(await wardHandshake(port, 'y.apps.internal.example', pki.root.pem)).toBe(wild.fingerprint);
+  });
+
+  const badProvides: { name: string; make: (pki: ReturnType<typeof wardPki>, clock: ManualClock) => { chainPem: string; keyPem: string }; reason: RegExp }[] = [
+    {
+      name: 'a key that belongs to another certificate',
+      make: (pki) => ({ chainPem: pki.issue([HOST]).chainPem, keyPem: pki.issue([HOST]).keyPem }),
+      reason: /^the private key does not match the certificate \(CN=svc\.internal\.example\)$/,
+    },
+    {
+      name: 'an expired certificate (on the injected clock)',
+      make: (pki, clock) => {
+        const c = pki.issue([HOST], { until: pki.now + 3_600_000 });
+        clock.advance(2 * 3_600_000);
+        return c;
+      },
+      reason: /^certificate expired at 20\d\d-/,
+    },
+    {
+      name: 'a certificate not valid yet',
+      make: (pki) => pki.issue([HOST], { from: pki.now + 3_600_000, until: pki.now + 7_200_000 }),
+      reason: /^certificate is not valid until 20\d\d-/,
+    },
+    {
+      name: 'a certificate for another name',
+      make: (pki) => pki.issue(['other.internal.example']),
+      reason: /^certificate does not cover svc\.internal\.example; its DNS names: other\.internal\.example$/,
+    },
+    {
+      name: 'an SVID (a URI SAN, no DNS name)',
+      make: (pki) => pki.svid(),
+      reason: /^certificate does not cover svc\.internal\.example; its DNS names: none$/,
+    },
+    {
+      name: 'a chain with the intermediate first',
+      make: (pki) => {
+        const c = pki.issue([HOST]);
+        return { chainPem: pki.inter.pem + c.leafPem, keyPem: c.keyPem };
+      },
+      reason: /^the private key belongs to certificate #2 of the chain; the leaf must come first$/,
+    },
+    {
+      name: 'a chain that is not PEM',
+      make: (pki) => ({ chainPem: 'not a certificate\n', keyPem: pki.issue([HOST]).keyPem }),
+      reason: /^not a PEM certificate chain: /,
+    },
+    {
+      name: 'a key that is not PEM',
+      make: (pki) => ({ chainPem: pki.issue([HOST]).chainPem, keyPem: '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n' }),
+      reason: /^not a readable unencrypted PEM private key/,
+    },
+  ];
+
+  it.each(badProvides)('refuses $name: returns false, emits and logs it, counts it, and keeps serving the old certificate', async ({ make, reason }) => {
+    const pki = wardPki();
+    const { store, clock, registry, logs, rawLogs } = makeStore([{ host: HOST, internal: true }]);
+    await store.start();
+    const port = await serve(store);
+    const good = pki.issue([HOST]);
+    expect(store.provide(HOST, good.chainPem, good.keyPem)).toBe(true);
+    const refused: CertificateStoreEvents['refused'][] = [];
+    const loaded: string[] = [];
+    store.on('refused', (...args) => refused.push(args));
+    store.on('loaded', (host) => loaded.push(host));
+
+    const bad = make(pki, clock);
+    expect(store.provide(HOST, bad.chainPem, bad.keyPem)).toBe(false);
+
+    expect(loaded).toEqual([]);
+    expect(refused).toHaveLength(1);
+    expect(refused[0][0]).toBe(HOST);
+    expect(refused[0][1]).toMatch(reason);
+    expect(store.select(HOST)?.fingerprint).toBe(good.fingerprint);
+    expect(store.missing()).toEqual([]);
+    expect(await wardHandshake(port, HOST, pki.root.pem)).toBe(good.fingerprint);
+    expect(logs.filter((l) => l.level === 40)).toEqual([
+      expect.objectContaining({ component: 'ingress.certificates', host: HOST, file: INTERNAL_SOURCE, reason: refused[0][1], msg: 'refused new certificate; keeping the one in use' }),
+    ]);
+    expect(rawLogs.join('')).not.toMatch(/PRIVATE KEY|BEGIN/);
+    expect(await metric(registry, 'ward_ingress_certificate_reloads_total')).toContainEqual(expect.objectContaining({ labels: { result: 'refused' }, value: 1 }));
+  });
+
+  it('a refused first certificate leaves the host missing; the good one that follows is served', async () => {
+    const pki = wardPki();
+    const { store } = makeStore([{ host: HOST, internal: true }]);
+    await store.start();
+    const wrong = pki.issue(['other.internal.example']);
+    const refused = next(store, 'refused');
+    expect(store.provide(HOST, wrong.chainPem, wrong.keyPem)).toBe(false);
+    expect((await refused)[1]).toMatch(/does not cover/);
+    expect(store.select(HOST)).toBeUndefined();
+    expect(store.missing()).toEqual([HOST]);
+    const good = pki.issue([HOST]);
+    expect(store.provide(HOST, good.chainPem, good.keyPem)).toBe(true);
+    expect(store.select(HOST)?.fingerprint).toBe(good.fingerprint);
+    expect(store.missing()).toEqual([]);
+  });
+
+  it('provide() for a host without an internal source is a bug; after close() it installs nothing', async () => {
+    const pki = wardPki();
+    const dir = await tempDir();
+    const { store } = makeStore([await pemSource(dir, 'a.example.com', m.a1), { host: HOST, internal: true }]);
+    await store.start();
+    const cert = pki.issue([HOST]);
+    expect(() => store.provide('a.example.com', cert.chainPem, cert.keyPem)).toThrow(/^BUG: CertificateStore\.provide: no internal source for a\.example\.com$/);
+    expect(() => store.provide('unknown.internal.example', cert.chainPem, cert.keyPem)).toThrow(/^BUG: /);
+    expect(store.select('a.example.com')?.fingerprint).toBe(m.a1.fingerprint);
+    store.close();
+    const events: string[] = [];
+    store.on('loaded', (h) => events.push(h));
+    store.on('refused', (h) => events.push(h));
+    expect(store.provide(HOST, cert.chainPem, cert.keyPem)).toBe(false);
+    expect(store.select(HOST)).toBeUndefined();
+    expect(events).toEqual([]);
+  });
+
+  it('refuses internal sources with files, internal: false, and an internal host listed twice, at construction', () => {
+    const expectInvalid = (sources: CertificateSource[], message: RegExp) => {
+      let err: unknown;
+      try {
+        makeStore(sources);
+      } catch (e) {
+        err = e;
+      }
+      expect(isWardError(err, 'WARD_CONFIG_INVALID')).toBe(true);
+      expect((err as Error).message).toMatch(message);
+    };
+    expectInvalid([{ host: HOST, internal: true, certFile: 'c.pem', keyFile: 'k.pem' } as unknown as CertificateSource], /an internal source has no files/);
+    expectInvalid([{ host: HOST, internal: true, pfxFile: 'b.p12' } as unknown as CertificateSource], /an internal source has no files/);
+    expectInvalid([{ host: HOST, internal: false } as unknown as CertificateSource], /an internal source has no files/);
+    expectInvalid([{ host: HOST, certFile: 'c.pem', keyFile: 'k.pem' }, { host: 'SVC.internal.example.', internal: true }], /host "svc\.internal\.example" is listed twice/);
+    expectInvalid([{ host: 'bad_host.example', internal: true }], /is not a DNS name/);
   });
 });
