@@ -236,6 +236,10 @@ export class Ingress {
       reasons.push('no valid ingress certificate');
     }
     for (const host of this.#certs.missing()) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
+    // A certificate that expired (renewals from Ward's CA failing, or a file nobody replaced) is
+    // still served — clients refuse it anyway — but the ingress is not ready with it.
+    const now = this.#clock.now();
+    for (const c of this.#certs.list()) if (c.notAfter.getTime() <= now) reasons.push(`the certificate for ${c.host} expired at ${c.notAfter.toISOString()}`);
     return { ready: reasons.length === 0, reasons };
   }
 
