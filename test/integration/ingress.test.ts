@@ -518,6 +518,30 @@ describe('TLS parameters', () => {
     expect(r.stdout).toMatch(/New, TLSv1\.3, Cipher is TLS_/);
   });
 
+  it.each(['TLSv1.3', 'TLSv1.2'] as const)('%s sessions resume (no full handshake), and a resumed connection is still served by SNI == Host', async (version) => {
+    const open = async (session?: Buffer): Promise<{ socket: TLSSocket; session: Promise<Buffer> }> => {
+      const socket = tlsConnect({ host: '127.0.0.1', port: httpsPort(), servername: 'a.example.test', ca: [await readFile(caFile)], minVersion: version, maxVersion: version, ALPNProtocols: ['http/1.1'], ...(session ? { session } : {}) });
+      const got = once(socket, 'session').then(([s]) => s as Buffer);
+      await once(socket, 'secureConnect');
+      return { socket, session: got };
+    };
+    const first = await open();
+    // A request, so that a TLS 1.3 ticket (sent after the handshake) is surely read.
+    first.socket.write('GET / HTTP/1.1\r\nHost: a.example.test\r\n\r\n');
+    const session = await first.session;
+    expect(first.socket.isSessionReused()).toBe(false);
+    first.socket.destroy();
+    const second = await open(session);
+    try {
+      expect(second.socket.isSessionReused()).toBe(true);
+      second.socket.write('GET / HTTP/1.1\r\nHost: b.example.test\r\nConnection: close\r\n\r\n');
+      const [chunk] = (await once(second.socket, 'data')) as [Buffer];
+      expect(chunk.toString('latin1')).toMatch(/^HTTP\/1\.1 421 /);
+    } finally {
+      second.socket.destroy();
+    }
+  });
+
   it.each(['h2', 'http/1.1'])('ALPN %s is negotiated', async (proto) => {
     const r = await sClient('a.example.test', ['-alpn', proto]);
     expect(r.code, r.stderr).toBe(0);
