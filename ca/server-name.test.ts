@@ -370,6 +370,9 @@ describe('POST /v1/issue with dnsNames', () => {
     expectError(await askNames(h, ingress, [SHOP, SHOP]), 400, 'WARD_CA_REQUEST_INVALID');
     const greedy = await h.call('POST', '/v1/issue', { creds: ingress, body: { csr: createCsr(PrivateKey.generate(), { dnsNames: [SHOP, 'bank.example.com'] }), dnsNames: [SHOP] } });
     expectError(greedy, 403, 'WARD_PKI_CSR_UNAUTHORIZED');
+    // identity and dnsNames together: ambiguous, refused before anything is judged (not audited).
+    const both = await h.call('POST', '/v1/issue', { creds: ingress, body: { csr: createCsr(PrivateKey.generate()), dnsNames: [SHOP], identity: INGRESS.toString() } });
+    expectError(both, 400, 'WARD_CA_REQUEST_INVALID');
     expectError(await askNames(h, ingress, [SHOP], PrivateKey.generate(), { ttl: '48h' }), 400, 'WARD_CA_LIFETIME_INVALID');
     expect(await dnsRecords(h)).toEqual([]);
     const audited = await h.ca.audit.query({ decision: 'refused', requester: INGRESS.toString() });

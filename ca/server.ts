@@ -381,7 +381,10 @@ export class CaServer {
         const body = await this.#readJson(req);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
         const ttlMs = body.ttl === undefined ? undefined : parseTtl(body.ttl);
-        if (body.dnsNames !== undefined) return this.#reply(res, route, 200, await this.#issueServerName(caller, csr, body.dnsNames, ttlMs));
+        if (body.dnsNames !== undefined) {
+          if (body.identity !== undefined) throw new WardError('WARD_CA_REQUEST_INVALID', 'give either identity or dnsNames, not both');
+          return this.#reply(res, route, 200, await this.#issueServerName(caller, csr, body.dnsNames, ttlMs));
+        }
         const identity = body.identity === undefined ? caller : SpiffeId.parse(stringField(body, 'identity', 2048));
         if (!identity.memberOf(this.#o.ca.trustDomain)) {
           throw await this.#audited(caller, identity, new WardError('WARD_CA_FORBIDDEN', `identity ${identity} is outside trust domain ${this.#o.ca.trustDomain}`));

@@ -812,6 +812,8 @@ describe('CertificateStore: internal-name certificates (provide)', () => {
     ]);
     expect(rawLogs.join('')).not.toMatch(/PRIVATE KEY|BEGIN/);
     expect(await metric(registry, 'ward_ingress_certificate_reloads_total')).toContainEqual(expect.objectContaining({ labels: { result: 'refused' }, value: 1 }));
+    // The accepted one counted too: a renewal shows in the metric whether it succeeds or fails.
+    expect(await metric(registry, 'ward_ingress_certificate_reloads_total')).toContainEqual(expect.objectContaining({ labels: { result: 'loaded' }, value: 1 }));
   });
 
   it('a refused first certificate leaves the host missing; the good one that follows is served', async () => {
@@ -861,7 +863,8 @@ describe('CertificateStore: internal-name certificates (provide)', () => {
     };
     expectInvalid([{ host: HOST, internal: true, certFile: 'c.pem', keyFile: 'k.pem' } as unknown as CertificateSource], /an internal source has no files/);
     expectInvalid([{ host: HOST, internal: true, pfxFile: 'b.p12' } as unknown as CertificateSource], /an internal source has no files/);
-    expectInvalid([{ host: HOST, internal: false } as unknown as CertificateSource], /an internal source has no files/);
+    expectInvalid([{ host: HOST, internal: false } as unknown as CertificateSource], /internal must be true/);
+    expectInvalid([{ host: HOST, internal: true, keyFile: 'k.pem' } as unknown as CertificateSource], /an internal source has no files \(remove keyFile\)/);
     expectInvalid([{ host: HOST, certFile: 'c.pem', keyFile: 'k.pem' }, { host: 'SVC.internal.example.', internal: true }], /host "svc\.internal\.example" is listed twice/);
     expectInvalid([{ host: 'bad_host.example', internal: true }], /is not a DNS name/);
   });

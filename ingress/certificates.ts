@@ -314,6 +314,7 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
       this.#refuseNow(s, err, digest);
       return false;
     }
+    this.#reloads?.inc({ result: 'loaded' });
     this.#install(s, served, digest);
     return true;
   }
@@ -795,7 +796,9 @@ function normalizeSource(s: CertificateSource, i: number): Spec {
     return path.resolve(v);
   };
   if ('internal' in s) {
-    if (s.internal !== true || 'certFile' in s || 'pfxFile' in s) throw configInvalid(`${where} (${host}): an internal source has no files`);
+    if (s.internal !== true) throw configInvalid(`${where} (${host}): internal must be true (or absent, for a source with files)`);
+    const files = ['certFile', 'keyFile', 'pfxFile', 'passphraseFile'].filter((k) => k in s);
+    if (files.length > 0) throw configInvalid(`${where} (${host}): an internal source has no files (remove ${files.join(', ')})`);
     return { kind: 'internal', host };
   }
   if ('pfxFile' in s) {
