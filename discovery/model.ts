@@ -73,6 +73,11 @@ export interface Route {
   /** Exact host (`shop.example.com`) or a one-label wildcard (`*.example.com`), lowercase. */
   readonly host: string;
   readonly paths: readonly RoutePath[];
+  /**
+   * Kubernetes mode: the TLS Secret (in the ingress's own namespace) holding this host's certificate,
+   * from the Ingress object's spec.tls. Absent in local mode.
+   */
+  readonly tlsSecret?: string;
 }
 
 export interface MeshModel {

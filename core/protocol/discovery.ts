@@ -61,6 +61,8 @@ export interface ServiceEndpoints {
 export interface IngressRoute {
   host: string;
   paths: { path: string; pathType: 'Exact' | 'Prefix'; service: string; port: number }[];
+  /** Kubernetes mode: the TLS Secret in the ingress's own namespace with this host's certificate. */
+  tlsSecret?: string;
 }
 
 export interface TrustBundleResource {

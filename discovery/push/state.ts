@@ -517,5 +517,6 @@ function inView(view: View, kind: ResourceKind, nodes: readonly string[] | undef
 }
 
 function routeValue(r: Route): IngressRoute {
-  return { host: r.host, paths: r.paths.map((p) => ({ path: p.path, pathType: p.pathType, service: p.service, port: p.port })) };
+  const paths = r.paths.map((p) => ({ path: p.path, pathType: p.pathType, service: p.service, port: p.port }));
+  return r.tlsSecret === undefined ? { host: r.host, paths } : { host: r.host, paths, tlsSecret: r.tlsSecret };
 }
