@@ -166,6 +166,8 @@ interface HarnessOptions {
   limits?: Partial<OutboundLimits>;
   /** A pool for an endpoint other than a plain undici Pool to its address (e.g. one that cannot connect). */
   poolFor?: (ep: BalancerEndpoint) => Pool | undefined;
+  /** A node-wide listener (Kubernetes mode): the caller is looked up by source address here. */
+  bySource?: Map<string, { workload: string; identity: string }>;
 }
 
 interface Harness {
@@ -245,7 +247,10 @@ async function startOutbound(o: HarnessOptions = {}): Promise<Harness> {
     logger: silentLogger(),
     clock,
   };
-  const listener = new OutboundListener({ workload: 'shop/web', identity: WEB_ID, dataPlane, limits: o.limits });
+  const bySource = o.bySource;
+  const listener = bySource
+    ? new OutboundListener({ bySourceAddress: (a) => bySource.get(a), dataPlane, limits: o.limits })
+    : new OutboundListener({ workload: 'shop/web', identity: WEB_ID, dataPlane, limits: o.limits });
   const { port } = await listener.listen('127.0.0.1', 0);
   onTestFinished(() => listener.close(1_000));
   return {
@@ -473,6 +478,65 @@ describe('OutboundListener: HTTP/1.1 proxy requests', () => {
       req.end();
     });
     expect(status).toBe(501);
+  });
+});
+
+describe('OutboundListener: one listener for the node, callers told apart by source address (Kubernetes mode)', () => {
+  /** A request from a given loopback source address. */
+  const sendFrom = (port: number, localAddress: string, path: string): Promise<Answer> =>
+    new Promise((resolve, reject) => {
+      const req = httpRequest({ host: '127.0.0.1', port, path, localAddress, agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+
+  it("a workload's pod IP speaks with that workload's certificate; any other source is refused before anything is read", async () => {
+    const a = await startServer('a');
+    const bySource = new Map([['127.0.77.1', { workload: 'shop/web-1', identity: WEB_ID }]]);
+    const h = await startOutbound({ api: [endpointAt(a.address, 'api-a')], bySource });
+    const ok = await sendFrom(h.port, '127.0.77.1', 'http://api.shop:8080/x');
+    expect(ok.status, ok.body).toBe(200);
+    expect(h.poolCalls).toEqual([{ source: WEB_ID, address: a.address, port: 9090 }]);
+    // Another address on the node (a pod that is not meshed, or the host itself): 403, nothing forwarded.
+    const stranger = await sendFrom(h.port, '127.0.77.2', 'http://api.shop:8080/x');
+    expectRefusal(stranger, 403, 'WARD_PROXY_UNKNOWN_WORKLOAD');
+    expect(a.seen).toHaveLength(1);
+    const refused = (await h.metrics.connections.get()).values.find((v) => v.labels.result === 'refused');
+    expect(refused?.value).toBe(1);
+  });
+
+  it('a workload that left the node mid-connection is refused on its next request (403), with no identity used', async () => {
+    const a = await startServer('a');
+    const bySource = new Map([['127.0.77.1', { workload: 'shop/web-1', identity: WEB_ID }]]);
+    const h = await startOutbound({ api: [endpointAt(a.address, 'api-a')], bySource });
+    const socket = netConnect({ host: '127.0.0.1', port: h.port, localAddress: '127.0.77.1' });
+    onTestFinished(() => void socket.destroy());
+    await once(socket, 'connect');
+    socket.write('GET http://api.shop:8080/one HTTP/1.1\r\nHost: api.shop:8080\r\n\r\n');
+    expect(await readUntil(socket, (t) => t.includes('hello from a'))).toMatch(/^HTTP\/1\.1 200 /);
+    bySource.delete('127.0.77.1');
+    socket.write('GET http://api.shop:8080/two HTTP/1.1\r\nHost: api.shop:8080\r\n\r\n');
+    const second = await readUntil(socket, (t) => t.includes('WARD_PROXY_UNKNOWN_WORKLOAD)\n'));
+    expect(second).toMatch(/^HTTP\/1\.1 403 /);
+    expect(a.seen.map((r) => r.url)).toEqual(['/one']);
+    expect(h.poolCalls).toHaveLength(1);
+  });
+
+  it('CONNECT from an unknown source is refused the same way', async () => {
+    const bySource = new Map<string, { workload: string; identity: string }>();
+    const h = await startOutbound({ bySource });
+    const socket = netConnect({ host: '127.0.0.1', port: h.port, localAddress: '127.0.77.3' });
+    onTestFinished(() => void socket.destroy());
+    await once(socket, 'connect');
+    socket.write('CONNECT db.shop:5432 HTTP/1.1\r\nHost: db.shop:5432\r\n\r\n');
+    expect(await readUntil(socket, (t) => t.includes('\r\n\r\n'))).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*x-ward-error: WARD_PROXY_UNKNOWN_WORKLOAD/);
+    expect(h.tunnelCalls).toEqual([]);
   });
 });
 

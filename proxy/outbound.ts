@@ -1,8 +1,12 @@
 /**
- * The outbound side: one HTTP-proxy listener per local workload (DESIGN §5, local mode: "each
+ * The outbound side. Local mode: one HTTP-proxy listener per local workload (DESIGN §5: "each
  * workload gets its own outbound listener address"), so the listener a connection arrives on says
  * which workload speaks, and that workload's certificate — never another's — is the client
- * certificate toward the destination.
+ * certificate toward the destination. Kubernetes mode (the proxy on the host network cannot bind
+ * pod IPs): one listener on the node address, and the connection's SOURCE address says which local
+ * workload speaks (its pod IP); a connection from an address that is no workload of this node is
+ * refused before anything is read. This relies on the cluster network not letting a pod send from
+ * another pod's IP (CNI anti-spoofing), as ztunnel's and Linkerd's node-local designs do.
  *
  * Accepted: absolute-form HTTP/1.1 requests (`http_proxy`), origin-form with a mesh Host,
  * `CONNECT host:port` (any TCP protocol, tunnelled over mutual TLS), and HTTP/2 with prior
@@ -67,9 +71,16 @@ export const DEFAULT_OUTBOUND_LIMITS: OutboundLimits = Object.freeze({
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
 const HOST_RE = /^[A-Za-z0-9_.-]+$/;
 
+/** Who speaks on a connection: fixed (a per-workload listener) or looked up by source address. */
+export type OutboundCaller =
+  | { workload: string; identity: string }
+  | { bySourceAddress: (address: string) => { workload: string; identity: string } | undefined };
+
 export class OutboundListener {
+  /** The fixed caller of a per-workload listener; '*' for a node-wide listener (by source address). */
   readonly workload: string;
   readonly identity: string;
+  readonly #bySource: ((address: string) => { workload: string; identity: string } | undefined) | undefined;
   readonly #dp: DataPlane;
   readonly #limits: OutboundLimits;
   readonly #log: Logger;
@@ -81,12 +92,18 @@ export class OutboundListener {
   #pending = 0;
   #closing: Promise<void> | undefined;
 
-  constructor(o: { workload: string; identity: string; dataPlane: DataPlane; limits?: Partial<OutboundLimits> }) {
-    this.workload = o.workload;
-    this.identity = o.identity;
+  constructor(o: OutboundCaller & { dataPlane: DataPlane; limits?: Partial<OutboundLimits> }) {
+    if ('bySourceAddress' in o) {
+      this.workload = '*';
+      this.identity = '*';
+      this.#bySource = o.bySourceAddress;
+    } else {
+      this.workload = o.workload;
+      this.identity = o.identity;
+    }
     this.#dp = o.dataPlane;
     this.#limits = { ...DEFAULT_OUTBOUND_LIMITS, ...o.limits };
-    this.#log = o.dataPlane.logger.child({ component: 'proxy.outbound', workload: o.workload });
+    this.#log = o.dataPlane.logger.child({ component: 'proxy.outbound', workload: this.workload });
     const handler = (req: DownstreamRequest, res: DownstreamResponse): void => this.#onRequest(req, res);
     this.#http1 = handedOverHttpServer({ ...this.#limits, maxHeaders: 200 }, handler as (req: IncomingMessage, res: ServerResponse) => void);
     this.#http1.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.#onConnect(req, socket, head));
@@ -126,7 +143,24 @@ export class OutboundListener {
     return this.#closing;
   }
 
+  /** The workload speaking on `socket` (by its source address for a node-wide listener). */
+  #caller(socket: { remoteAddress?: string }): { workload: string; identity: string } | undefined {
+    if (!this.#bySource) return this;
+    const a = socket.remoteAddress;
+    return a === undefined ? undefined : this.#bySource(a.startsWith('::ffff:') ? a.slice(7) : a);
+  }
+
   #onSocket(socket: Socket): void {
+    if (this.#bySource && !this.#caller(socket)) {
+      // Not a workload of this node: nothing is read, no identity is ever used for it.
+      this.#dp.metrics.connections.inc({ direction: 'outbound', result: 'refused' });
+      this.#log.warn({ source: socket.remoteAddress }, 'refused an outbound connection from an address that is no workload of this node');
+      socket.on('error', () => socket.destroy());
+      const body = 'ward: the source address is no workload of this node (WARD_PROXY_UNKNOWN_WORKLOAD)\n';
+      // Written, then closed both ways (allowHalfOpen would otherwise wait for the client's FIN).
+      socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nx-ward-error: WARD_PROXY_UNKNOWN_WORKLOAD\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n${body}`, () => socket.destroy());
+      return;
+    }
     this.#sockets.add(socket);
     this.#dp.metrics.activeConnections.inc({ direction: 'outbound' });
     this.#dp.metrics.connections.inc({ direction: 'outbound', result: 'accepted' });
@@ -198,8 +232,10 @@ export class OutboundListener {
     const view = this.#dp.view();
     const r = view.resolve(t.host, t.port);
     if (!r.ok) return this.#reject(res, 502, 'WARD_PROXY_UNKNOWN_SERVICE', r.reason);
-    const source = this.#dp.identity(this.identity);
-    if (!source) return this.#reject(res, 503, 'WARD_PROXY_IDENTITY_UNAVAILABLE', `no valid certificate for ${this.workload} (${this.identity}) yet`);
+    const caller = this.#caller(req.socket);
+    if (!caller) return this.#reject(res, 403, 'WARD_PROXY_UNKNOWN_WORKLOAD', 'the source address is no longer a workload of this node');
+    const source = this.#dp.identity(caller.identity);
+    if (!source) return this.#reject(res, 503, 'WARD_PROXY_IDENTITY_UNAVAILABLE', `no valid certificate for ${caller.workload} (${caller.identity}) yet`);
     const set = this.#dp.balancer(r.key);
     if (!set || set.size === 0) return this.#reject(res, 503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no endpoints`);
     if (this.#pending >= this.#limits.maxPending) return this.#reject(res, 503, 'WARD_PROXY_OVERLOADED', 'too many requests in flight');
@@ -231,7 +267,7 @@ export class OutboundListener {
     const refuse = (status: number, code: WardErrorCode, message: string): void => {
       this.#dp.metrics.tunnels.inc({ direction: 'outbound', result: 'refused' });
       const body = `ward: ${message} (${code})\n`;
-      socket.end(`HTTP/1.1 ${status} ${status === 502 ? 'Bad Gateway' : status === 400 ? 'Bad Request' : 'Service Unavailable'}\r\ncontent-type: text/plain\r\nx-ward-error: ${code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      socket.end(`HTTP/1.1 ${status} ${status === 502 ? 'Bad Gateway' : status === 400 ? 'Bad Request' : status === 403 ? 'Forbidden' : 'Service Unavailable'}\r\ncontent-type: text/plain\r\nx-ward-error: ${code}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
     };
     socket.on('error', () => socket.destroy());
     const hp = splitHostPort(req.url ?? '', undefined);
@@ -239,8 +275,10 @@ export class OutboundListener {
     const view = this.#dp.view();
     const r = view.resolve(hp.host, hp.port);
     if (!r.ok) return refuse(502, 'WARD_PROXY_UNKNOWN_SERVICE', r.reason);
-    const source = this.#dp.identity(this.identity);
-    if (!source) return refuse(503, 'WARD_PROXY_IDENTITY_UNAVAILABLE', `no valid certificate for ${this.workload} yet`);
+    const caller = this.#caller(socket as Socket);
+    if (!caller) return refuse(403, 'WARD_PROXY_UNKNOWN_WORKLOAD', 'the source address is no longer a workload of this node');
+    const source = this.#dp.identity(caller.identity);
+    if (!source) return refuse(503, 'WARD_PROXY_IDENTITY_UNAVAILABLE', `no valid certificate for ${caller.workload} yet`);
     const set = this.#dp.balancer(r.key);
     if (!set || set.size === 0) return refuse(503, 'WARD_PROXY_NO_ENDPOINTS', `service ${r.key} has no endpoints`);
     const tried = new Set<string>();

@@ -45,6 +45,12 @@ export interface NodeProxyOptions {
   address: string;
   inboundPort?: number;
   outboundPort?: number;
+  /**
+   * Kubernetes mode: ONE outbound listener at `address`:outboundPort for every local workload, which
+   * is told apart by the connection's source address (its pod IP), instead of a listener on each
+   * workload's own address (local mode, where the proxy can bind them).
+   */
+  sharedOutbound?: boolean;
   /** Loopback only. Default: `address` when it is loopback, else 127.0.0.1; port 15000. */
   admin?: { host: string; port: number };
   caUrl: string;
@@ -84,6 +90,8 @@ export class NodeProxy {
   readonly #budget: RetryBudget;
   readonly #balancers = new Map<string, EndpointSet>();
   readonly #outbound = new Map<string, OutboundListener>();
+  /** sharedOutbound: local workloads by address, rebuilt with every view. */
+  #bySource = new Map<string, { workload: string; identity: string }>();
   readonly #dataPlane: DataPlane;
   #view: MeshView;
   #candidate: MeshView | undefined;
@@ -208,7 +216,7 @@ export class NodeProxy {
     if (this.#view.version === 0) reasons.push('no configuration from the discovery pool yet');
     for (const w of this.#view.workloads.values()) {
       if (!this.#identities.get(w.identity)) reasons.push(`no valid certificate for workload ${w.key} (${w.identity})`);
-      if (!this.#outbound.get(w.key)?.address()) reasons.push(`outbound listener for ${w.key} not open`);
+      if (!this.#outbound.get(this.#o.sharedOutbound ? '*' : w.key)?.address()) reasons.push(`outbound listener for ${w.key} not open`);
     }
     try {
       this.#identities.node();
@@ -288,10 +296,27 @@ export class NodeProxy {
     }
     for (const key of [...this.#balancers.keys()]) if (!view.services.has(key)) this.#balancers.delete(key);
     this.#upstreams.retainEndpoints(live);
-    // 4. Outbound listeners, one per local workload.
+    // 4. Outbound listeners, one per local workload (or one for all: sharedOutbound).
     const localPorts = new Set<string>();
     for (const w of view.workloads.values()) for (const p of w.ports) localPorts.add(`${w.address}:${p}`);
     this.#inbound?.retainWorkloads(localPorts);
+    if (this.#o.sharedOutbound) {
+      this.#bySource = new Map([...view.workloads.values()].map((w) => [w.address, { workload: w.key, identity: w.identity }]));
+      if (!this.#outbound.has('*')) {
+        const l = new OutboundListener({ bySourceAddress: (a) => this.#bySource.get(a), dataPlane: this.#dataPlane, limits: this.#o.limits?.outbound });
+        this.#outbound.set('*', l);
+        try {
+          const a = await l.listen(this.#o.address, this.#o.outboundPort ?? DEFAULT_OUTBOUND_PORT);
+          this.#log.info({ outbound: `${a.address}:${a.port}` }, 'outbound listener open for every workload of this node (by source address)');
+        } catch (err) {
+          this.#outbound.delete('*');
+          this.#log.error({ address: this.#o.address, err: (err as Error).message }, 'could not open the node-wide outbound listener');
+        }
+      }
+      this.#healthDirty = true;
+      this.#reportSoon();
+      return;
+    }
     const closing: Promise<void>[] = [];
     for (const [key, l] of [...this.#outbound]) {
       const w = view.workloads.get(key);
