@@ -1,5 +1,5 @@
 export { CertificateAuthority, type InitOptions, type InitResult, type IssueRequest, type IssueResult, type IssuedEvent, type ServerNameRequest, type ServerNameResult, type CaMode } from './authority.js';
-export { CaServer, caServerId, clientKey, ADMIN_TOKEN_FILE, DEFAULT_LIMITS, type WorkloadAuthorizer, type CaServerLimits } from './server.js';
+export { CaServer, caServerId, clientKey, ADMIN_TOKEN_FILE, DEFAULT_LIMITS, type WorkloadAuthorizer, type NodeAttestor, type CaServerLimits, type CaServerOptions } from './server.js';
 export { JoinTokens, DEFAULT_TOKEN_TTL_MS, MAX_TOKEN_TTL_MS } from './tokens.js';
 export { describeAuthority, caWarnings, type CaReport, type CaWarning } from './inspect.js';
 export { readState } from './store.js';
@@ -7,4 +7,5 @@ export { DEFAULT_LEAF_TTL_MS, MIN_LEAF_TTL_MS, MAX_LEAF_TTL_MS } from './issuanc
 export type { RotationKind, RotationStatus } from './rotation.js';
 export { readLock, type LockInfo } from './lock.js';
 export { MIN_CA_TTL_MS } from './material.js';
+export { exportCaMaterial, importCaMaterial } from './material-files.js';
 export { assertLoopback } from '../core/address.js';
