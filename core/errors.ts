@@ -51,6 +51,7 @@ export const ERROR_CODES = {
   // node proxy
   WARD_PROXY_JOIN_FAILED: 'the node proxy could not join the mesh (join token refused, CA unreachable, or its saved node identity unusable)',
   WARD_PROXY_IDENTITY_UNAVAILABLE: 'the node proxy holds no valid certificate for a workload, so it neither sends nor accepts its traffic',
+  WARD_KUBE_UNAVAILABLE: 'the Kubernetes API could not be reached or answered with an error',
   WARD_PROXY_UNKNOWN_WORKLOAD: 'an outbound connection came from an address that is no workload of this node (Kubernetes mode: the source pod IP)',
   WARD_PROXY_UNKNOWN_SERVICE: 'an outbound request named a host that is not a mesh service (or a port the service does not expose)',
   WARD_PROXY_NO_ENDPOINTS: 'a mesh service has no healthy, identity-verified endpoint',

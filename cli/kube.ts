@@ -1,0 +1,138 @@
+/**
+ * Kubernetes mode helpers for the composition roots (`ward control --kube`, `ward ingress --kube`):
+ * how to reach the API, and the CA material kept in the Secret ward-ca.
+ */
+import { CoreV1Api, KubeConfig, type V1Secret } from '@kubernetes/client-node';
+import { isLoopback } from '../core/address.js';
+import { WardError } from '../core/errors.js';
+import type { Logger } from '../core/logger.js';
+import { exportCaMaterial, importCaMaterial, readState } from '../ca/index.js';
+import { optional, type ParsedArgs } from './command.js';
+
+/** The flags every Kubernetes-mode command takes (spread into its options). */
+export const KUBE_OPTIONS = {
+  kube: { type: 'boolean', default: false },
+  kubeconfig: { type: 'string' },
+  'kube-server': { type: 'string' },
+  namespace: { type: 'string', default: 'ward-system' },
+} as const;
+
+export const KUBE_HELP = `  --kube                  Kubernetes mode: the Kubernetes API is the source of truth (in a pod: the
+                          in-cluster ServiceAccount; else --kubeconfig FILE, or --kube-server URL)
+  --kubeconfig FILE       a kubeconfig (its current context) instead of the in-cluster config
+  --kube-server URL       an API server URL without credentials — plain http only on loopback (tests)
+  --namespace NS          Ward's own namespace (default ward-system)`;
+
+/**
+ * The KubeConfig the flags name: --kube-server URL (no credentials; http only to loopback),
+ * --kubeconfig FILE, else the in-cluster ServiceAccount (KUBERNETES_SERVICE_HOST and the mounted token).
+ */
+export function kubeConfigArg(args: ParsedArgs): KubeConfig {
+  const kc = new KubeConfig();
+  const server = optional(args, 'kube-server');
+  const file = optional(args, 'kubeconfig');
+  if (server !== undefined && file !== undefined) throw new WardError('WARD_USAGE', 'give --kube-server or --kubeconfig, not both');
+  if (server !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(server);
+    } catch {
+      throw new WardError('WARD_USAGE', `--kube-server ${JSON.stringify(server.slice(0, 100))} is not a URL`);
+    }
+    const host = url.hostname.replace(/^\[|\]$/g, '');
+    if (url.protocol === 'http:' && !isLoopback(host)) throw new WardError('WARD_USAGE', '--kube-server: plain http is allowed only to a loopback address (a test API server); use https');
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new WardError('WARD_USAGE', '--kube-server must be an http(s) URL');
+    kc.loadFromOptions({
+      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: false }],
+      users: [{ name: 'ward' }],
+      contexts: [{ name: 'ward', cluster: 'ward', user: 'ward' }],
+      currentContext: 'ward',
+    });
+    return kc;
+  }
+  if (file !== undefined) {
+    try {
+      kc.loadFromFile(file);
+    } catch (err) {
+      throw new WardError('WARD_CONFIG_INVALID', `cannot read the kubeconfig ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    return kc;
+  }
+  if (!process.env.KUBERNETES_SERVICE_HOST) {
+    throw new WardError('WARD_USAGE', '--kube outside a pod needs --kubeconfig FILE or --kube-server URL (no in-cluster ServiceAccount found)');
+  }
+  kc.loadFromCluster();
+  return kc;
+}
+
+/** The HTTP status of a client-node API error, when it is one. */
+export function kubeStatus(err: unknown): number | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'number' ? code : undefined;
+}
+
+export interface CaSecretOptions {
+  kubeConfig: KubeConfig;
+  namespace: string;
+  /** Secret name (ward-ca). */
+  name: string;
+  stateDir: string;
+  logger: Logger;
+}
+
+/**
+ * Before the CA opens: when the Secret exists, its material is written into the (empty) state
+ * directory — the control plane comes back with the same roots and keys. Returns whether it did.
+ * A state directory that already holds a CA is left as it is when the Secret agrees (same ca.json),
+ * and refused when it differs (two sources of truth for the root).
+ */
+export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored' | 'absent' | 'same'> {
+  const api = o.kubeConfig.makeApiClient(CoreV1Api);
+  let secret: V1Secret;
+  try {
+    secret = await api.readNamespacedSecret({ name: o.name, namespace: o.namespace });
+  } catch (err) {
+    if (kubeStatus(err) === 404) return 'absent';
+    throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot read the CA Secret ${o.namespace}/${o.name}: ${(err as Error).message}`, { cause: err });
+  }
+  const files: Record<string, Buffer> = {};
+  for (const [k, v] of Object.entries(secret.data ?? {})) files[k] = Buffer.from(v, 'base64');
+  const held = await readState(o.stateDir);
+  if (held) {
+    const mine = await exportCaMaterial(o.stateDir);
+    if (mine['ca.json']?.equals(files['ca.json'] ?? Buffer.alloc(0))) return 'same';
+    throw new WardError('WARD_CONFIG_INVALID', `${o.stateDir} already holds a CA that differs from the Secret ${o.namespace}/${o.name}; empty the directory (the Secret is the CA's home in Kubernetes mode)`);
+  }
+  await importCaMaterial(o.stateDir, files);
+  o.logger.info({ secret: `${o.namespace}/${o.name}`, files: Object.keys(files).length }, 'CA material restored from its Secret');
+  return 'restored';
+}
+
+/**
+ * After the CA was created (or rotated): its material goes into the Secret (created, or replaced).
+ * A create that loses a race with another replica (409) is an error: the caller restarts and then
+ * restores the winner's material, so two replicas never run two roots.
+ */
+export async function saveCaToSecret(o: CaSecretOptions & { create: boolean }): Promise<void> {
+  const api = o.kubeConfig.makeApiClient(CoreV1Api);
+  const files = await exportCaMaterial(o.stateDir);
+  const data = Object.fromEntries(Object.entries(files).map(([k, v]) => [k, v.toString('base64')]));
+  const body: V1Secret = {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    type: 'Opaque',
+    metadata: { name: o.name, namespace: o.namespace, labels: { 'app.kubernetes.io/name': 'ward-ca', 'app.kubernetes.io/part-of': 'ward' } },
+    data,
+  };
+  try {
+    if (o.create) await api.createNamespacedSecret({ namespace: o.namespace, body });
+    else await api.replaceNamespacedSecret({ name: o.name, namespace: o.namespace, body });
+  } catch (err) {
+    const status = kubeStatus(err);
+    if (o.create && status === 409) {
+      throw new WardError('WARD_CONFIG_INVALID', `the CA Secret ${o.namespace}/${o.name} was created by another control plane meanwhile; restart to use it`, { cause: err });
+    }
+    throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot ${o.create ? 'create' : 'update'} the CA Secret ${o.namespace}/${o.name}: ${(err as Error).message}`, { cause: err });
+  }
+  o.logger.info({ secret: `${o.namespace}/${o.name}`, files: Object.keys(files).length }, o.create ? 'CA material stored in its Secret' : 'CA Secret updated');
+}
