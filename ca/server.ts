@@ -6,6 +6,8 @@
  *   GET  /v1/bundle        public  — trust bundle, PEM (or SPIFFE JWKS with `Accept: application/json`
  *                                    or /v1/bundle.jwks)
  *   POST /v1/join          join token — {token, csr} → node SVID spiffe://TD/ward/node/<node of token>
+ *                          or Kubernetes — {serviceAccountToken, csr, node?} → the identity the
+ *                                    NodeAttestor grants (a node's, or the ingress's); see attestor
  *   POST /v1/issue         node SVID  — {csr, identity?, ttl?} → SVID for the node itself (renewal) or
  *                                    for a workload identity the WorkloadAuthorizer allows on that node
  * Client certificates are optional at the TLS layer only because a joining node has none yet; every
@@ -44,6 +46,11 @@ import { KEY_FILE_MODE, removeFileDurable, writeFileDurable } from './store.js';
 
 const TOKEN_SWEEP_MS = 10 * 60_000;
 
+/** Longest ServiceAccount token accepted on POST /v1/join; projected tokens are 1–2 KiB. */
+const MAX_SERVICE_ACCOUNT_TOKEN = 16 * 1024;
+/** Longest node name accepted on POST /v1/join (a Kubernetes node name is a DNS subdomain). */
+const MAX_NODE_NAME = 253;
+
 /** Where the running server leaves its admin token for the operator's commands (mode 0600). */
 export const ADMIN_TOKEN_FILE = 'admin.token';
 
@@ -62,6 +69,22 @@ export interface WorkloadAuthorizer {
    * of the ingress routes now? Without this method no internal-name certificate is ever issued.
    */
   mayObtainServerName?(ingress: SpiffeId, name: string): boolean | Promise<boolean>;
+}
+
+/**
+ * Kubernetes mode: who may join with a ServiceAccount token (discovery's KubeAttestor implements it,
+ * docs/kubernetes.md "Attestation"). The identity it returns is the one issued; nothing the
+ * request or its CSR says can change it.
+ */
+export interface NodeAttestor {
+  /**
+   * The identity the token's holder may join as: a node identity or the ingress's. Throws a
+   * WardError: WARD_CA_TOKEN_INVALID for a token that is not authenticated (or not for Ward's
+   * audience), WARD_CA_FORBIDDEN for an authenticated caller that may not join (as `requestedNode`),
+   * WARD_CA_UNAVAILABLE when it cannot tell now (the Kubernetes API is down).
+   * The token is a bearer credential: never put it in a message.
+   */
+  attest(serviceAccountToken: string, requestedNode?: string): Promise<SpiffeId>;
 }
 
 export interface CaServerLimits {
@@ -118,7 +141,12 @@ const STATUS_BY_CODE: Partial<Record<WardErrorCode, number>> = {
   WARD_CA_RATE_LIMITED: 429,
   WARD_CA_NOT_FOUND: 404,
   WARD_CA_ISSUER_NOT_VALID: 503,
+  WARD_CA_UNAVAILABLE: 503,
+  WARD_CA_JOIN_UNSUPPORTED: 400,
 };
+
+/** What an attestor may refuse with; anything else it throws is a bug (500, logged). */
+const ATTESTATION_CODES: ReadonlySet<WardErrorCode> = new Set<WardErrorCode>(['WARD_CA_TOKEN_INVALID', 'WARD_CA_FORBIDDEN', 'WARD_CA_UNAVAILABLE']);
 
 type Route = 'health' | 'bundle' | 'join' | 'issue' | 'unknown';
 
@@ -126,6 +154,11 @@ export interface CaServerOptions {
   ca: CertificateAuthority;
   tokens: JoinTokens;
   authorizer: WorkloadAuthorizer;
+  /**
+   * Kubernetes mode: POST /v1/join with a ServiceAccount token is decided by this attestor. Without
+   * one such joins are refused (WARD_CA_JOIN_UNSUPPORTED); join tokens work either way.
+   */
+  attestor?: NodeAttestor;
   clock: Clock;
   logger: Logger;
   registry: Registry;
@@ -360,6 +393,7 @@ export class CaServer {
       }
       if (route === 'join') {
         const body = await this.#readJson(req);
+        if (body.serviceAccountToken !== undefined) return await this.#joinAttested(res, route, remote, body);
         const token = stringField(body, 'token', 128);
         const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
         const nodeId = await this.#o.tokens.consume(token);
@@ -409,11 +443,54 @@ export class CaServer {
   }
 
   /**
+   * POST /v1/join with a ServiceAccount token (Kubernetes mode): the attestor decides who the caller
+   * is, and that identity alone is issued (ca.issue audits the issuance, or its refusal of the CSR).
+   * Every refusal here is audited too, with the client's address as requester, since nobody is
+   * authenticated yet. The token goes to the attestor and nowhere else: not in a log line, an audit
+   * record or a response (a message that quotes it anyway is scrubbed).
+   */
+  async #joinAttested(res: ServerResponse, route: Route, remote: string, body: Record<string, unknown>): Promise<void> {
+    if (body.token !== undefined) throw new WardError('WARD_CA_REQUEST_INVALID', 'give either token or serviceAccountToken, not both');
+    const saToken = stringField(body, 'serviceAccountToken', MAX_SERVICE_ACCOUNT_TOKEN);
+    const csr = stringField(body, 'csr', this.#limits.maxBodyBytes);
+    const node = body.node === undefined ? undefined : stringField(body, 'node', MAX_NODE_NAME);
+    const td = this.#o.ca.trustDomain;
+    const requester = `serviceaccount-token from ${clientKey(remote)}`;
+    // What the caller asked for, for the audit record of a refusal: the node it names, if any.
+    const asked = node === undefined ? 'kubernetes attestation' : nodeLabel(td, node);
+    const refuse = async (code: WardErrorCode, why: string): Promise<never> => {
+      throw await this.#audited(requester, asked, new WardError(code, scrub(why, saToken)));
+    };
+    const attestor = this.#o.attestor;
+    if (!attestor) return refuse('WARD_CA_JOIN_UNSUPPORTED', 'a ServiceAccount token was presented, but this CA runs without Kubernetes attestation; join with a join token');
+    let id: SpiffeId;
+    try {
+      id = await attestor.attest(saToken, node);
+    } catch (err) {
+      if (isWardError(err) && ATTESTATION_CODES.has(err.code)) return refuse(err.code, err.message);
+      this.#log.error({ err: scrub(err instanceof Error ? (err.stack ?? err.message) : String(err), saToken) }, 'BUG: the attestor failed unexpectedly');
+      return refuse('WARD_CA_INTERNAL', 'the attestor failed unexpectedly');
+    }
+    // The attestor is trusted to decide, but only node and ingress identities of this trust domain
+    // are ever obtained by joining, and never another node than the one the caller names.
+    if (!(id instanceof SpiffeId) || !id.memberOf(td) || (id.nodeName === undefined && !id.isIngress)) {
+      this.#log.error({ identity: String(id) }, 'BUG: the attestor granted an identity that is not a node or the ingress of this trust domain');
+      return refuse('WARD_CA_FORBIDDEN', `the attestor granted ${String(id)}, which cannot be obtained by joining`);
+    }
+    if (node !== undefined && id.nodeName !== node) {
+      return refuse('WARD_CA_FORBIDDEN', `the token is for ${id.nodeName === undefined ? id.toString() : `node ${JSON.stringify(id.nodeName)}`}, not node ${JSON.stringify(node)}`);
+    }
+    const issued = await this.#o.ca.issue({ csr, identity: id, requester: `serviceaccount-token:${id.nodeName ?? 'ingress'}` });
+    this.#log.info({ node: id.toString(), serial: issued.serialHex, client: clientKey(remote) }, id.isIngress ? 'the ingress joined with a ServiceAccount token' : 'node joined with a ServiceAccount token');
+    return this.#reply(res, route, 200, this.#issuedBody(issued));
+  }
+
+  /**
    * Records an authorization refusal in the CA's audit log, as issue() does for its own refusals:
    * a node asking for an identity it may not have is a decision on issuance, and the one most
    * worth finding later. Returns the error to throw.
    */
-  async #audited(caller: SpiffeId, identity: SpiffeId | string, err: WardError): Promise<WardError> {
+  async #audited(caller: SpiffeId | string, identity: SpiffeId | string, err: WardError): Promise<WardError> {
     try {
       await this.#o.ca.audit.record({
         time: new Date(this.#o.clock.now()).toISOString(),
@@ -642,6 +719,20 @@ export class CaServer {
 function plain(res: ServerResponse, status: number, text: string, type = 'text/plain; charset=utf-8'): void {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+/** The node identity a join names, or the name quoted when it cannot be one (for the audit log). */
+function nodeLabel(trustDomain: string, node: string): string {
+  try {
+    return SpiffeId.node(trustDomain, node).toString();
+  } catch {
+    return `node ${JSON.stringify(node)}`;
+  }
+}
+
+/** `text` without any copy of `secret` (a message that quotes a credential must not carry it on). */
+function scrub(text: string, secret: string): string {
+  return secret.length === 0 ? text : text.split(secret).join('[redacted]');
 }
 
 function stringField(body: Record<string, unknown>, name: string, max: number): string {

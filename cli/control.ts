@@ -22,21 +22,27 @@ import { systemClock } from '../core/clock.js';
 import { WardError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/logger.js';
 import { createRegistry, type Registry } from '../core/metrics.js';
+import { parseTrustDomain } from '../core/identity/index.js';
 import { PrivateKey, createCsr } from '../core/pki/index.js';
 import type { Credentials } from '../core/tls/index.js';
 import { CaServer, CertificateAuthority, JoinTokens, assertLoopback, readState, type CaServerLimits, type InitResult } from '../ca/index.js';
+import type { KubeConfig } from '@kubernetes/client-node';
 import {
   DEFAULT_GRACE_MS,
   DiscoveryServer,
+  KubeAttestor,
+  KubeSource,
   LocalFileSource,
+  type KubeSourceOptions,
   MeshState,
   modelAuthorizer,
   type DiscoveryServerLimits,
   type MeshModel,
 } from '../discovery/index.js';
 import { adminAddressArg, hostPort, hostText, listenError, logLevelArg, reportOf } from './ca.js';
-import { EXIT_OK, durationFlag, flag, required, type Command } from './command.js';
+import { EXIT_OK, durationFlag, flag, optional, required, type Command } from './command.js';
 import { POLICIES_PATH, policySnapshot } from './policy.js';
+import { KUBE_HELP, KUBE_OPTIONS, kubeConfigArg, publishBundle, restoreCaFromSecret, saveCaToSecret } from './kube.js';
 
 /** Lifetime of the discovery server's own certificate (renewed at half of it), like the CA server's. */
 export const DISCOVERY_CERT_TTL_MS = 3_600_000;
@@ -50,10 +56,23 @@ export interface Address {
   port: number;
 }
 
+/** Kubernetes mode: the API is the source of truth, TokenReview attests nodes, the CA lives in a Secret. */
+export interface KubeControlOptions {
+  kubeConfig: KubeConfig;
+  /** Ward's own namespace (ward-system): proxy pods, the CA Secret. */
+  namespace: string;
+  trustDomain: string;
+  /** The Secret holding the CA material (ward-ca/ward-ca: its own namespace, readable by the control plane only). */
+  caSecret: { namespace: string; name: string };
+  /** KubeSource tuning (tests). */
+  source?: Partial<Omit<KubeSourceOptions, 'kubeConfig' | 'trustDomain' | 'namespace' | 'logger' | 'registry' | 'clock'>>;
+}
+
 export interface StartControlOptions {
   stateDir: string;
-  /** Path of ward.yaml. */
-  config: string;
+  /** Path of ward.yaml (local mode). Exactly one of config and kube. */
+  config?: string;
+  kube?: KubeControlOptions;
   /** CA mesh API. */
   listen: Address;
   /** Discovery (push) API. */
@@ -79,7 +98,7 @@ export interface Control {
   trustDomain: string;
   ca: CertificateAuthority;
   tokens: JoinTokens;
-  source: LocalFileSource;
+  source: LocalFileSource | KubeSource;
   state: MeshState;
   caServer: CaServer;
   discovery: DiscoveryServer;
@@ -110,20 +129,30 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     }
   };
   try {
-    // The configuration first: an unreadable ward.yaml must not create or lock anything.
-    const source = new LocalFileSource({ file: o.config, logger: o.logger, registry, clock, ...o.source });
+    if ((o.config === undefined) === (o.kube === undefined)) throw new WardError('WARD_CONFIG_INVALID', 'the control plane needs either a ward.yaml (config) or Kubernetes mode (kube), not both');
+    const kube = o.kube;
+    const what = o.config ?? 'the Kubernetes API';
+    // The configuration first: an unreadable ward.yaml, or an API server that cannot be listed, must
+    // not create or lock anything.
+    const source = kube
+      ? new KubeSource({ ...kube.source, kubeConfig: kube.kubeConfig, trustDomain: kube.trustDomain, namespace: kube.namespace, logger: o.logger, registry, clock })
+      : new LocalFileSource({ file: o.config!, logger: o.logger, registry, clock, ...o.source });
     cleanups.push(() => source.close());
     const initial = await source.start();
 
+    // Kubernetes mode: the CA's home is the Secret; the state directory (an emptyDir) is filled from it.
+    const secret = kube ? { kubeConfig: kube.kubeConfig, namespace: kube.caSecret.namespace, name: kube.caSecret.name, stateDir: o.stateDir, logger: log } : undefined;
+    if (secret) await restoreCaFromSecret(secret);
     let created: InitResult | undefined;
     if (o.init && !(await readState(o.stateDir))) {
       created = await CertificateAuthority.init({ stateDir: o.stateDir, trustDomain: initial.trustDomain, clock });
       log.info({ stateDir: o.stateDir, trustDomain: created.trustDomain }, 'created a CA');
+      if (secret) await saveCaToSecret({ ...secret, create: true });
     }
     const st = await readState(o.stateDir);
     if (!st) throw new WardError('WARD_CA_NOT_INITIALIZED', `${o.stateDir} holds no CA; create one with: ward ca init --state ${o.stateDir} --trust-domain ${initial.trustDomain} (or pass --init)`);
     if (st.trustDomain !== initial.trustDomain) {
-      throw new WardError('WARD_CONFIG_INVALID', `${o.config} declares trust domain ${initial.trustDomain}, but the CA in ${o.stateDir} is for ${st.trustDomain}; they must be the same`);
+      throw new WardError('WARD_CONFIG_INVALID', `${what} declares trust domain ${initial.trustDomain}, but the CA in ${o.stateDir} is for ${st.trustDomain}; they must be the same`);
     }
     const trustDomain = st.trustDomain;
 
@@ -137,12 +166,14 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     // The model the mesh runs on: the source's last good one, as long as it keeps the CA's trust domain.
     source.on('update', (model: MeshModel) => {
       if (model.trustDomain !== trustDomain) {
-        log.error({ file: o.config, trustDomain: model.trustDomain, ca: trustDomain }, 'ward.yaml edit refused: it changes the trust domain, which must stay the CA\'s; keeping the last good configuration');
+        log.error({ source: what, trustDomain: model.trustDomain, ca: trustDomain }, 'configuration change refused: it changes the trust domain, which must stay the CA\'s; keeping the last good configuration');
         return;
       }
       state.setModel(model);
     });
-    source.on('rejected', (err) => log.warn({ file: o.config, code: err.code, problems: err.total }, 'ward.yaml edit rejected; the mesh keeps the last good configuration'));
+    if (source instanceof LocalFileSource) {
+      source.on('rejected', (err) => log.warn({ file: o.config, code: err.code, problems: err.total }, 'ward.yaml edit rejected; the mesh keeps the last good configuration'));
+    }
 
     // Identities issued before a restart and still valid publish their endpoints without waiting for a renewal.
     const now = clock.now();
@@ -191,6 +222,7 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     });
 
     const meshStatus = () => {
+      if (source instanceof KubeSource) return { ...discovery.meshStatus(), kubernetes: source.status() };
       const s = source.status();
       return {
         // What `ward status` reads: discovery's MeshStatus (clients, nodes, services, workloads).
@@ -211,6 +243,11 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
       tokens,
       // Asked at every request, against the model the mesh runs on now: an edit revokes at once.
       authorizer: modelAuthorizer(() => state.model),
+      // Kubernetes mode: joins with a projected ServiceAccount token, checked with TokenReview
+      // against the pods the source sees (the pod, its UID, service account and node).
+      ...(kube && source instanceof KubeSource
+        ? { attestor: new KubeAttestor({ kubeConfig: kube.kubeConfig, trustDomain, namespace: kube.namespace, pods: source, logger: o.logger, registry }) }
+        : {}),
       clock,
       logger: o.logger,
       registry,
@@ -223,7 +260,19 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     let closeGraceMs = 5_000;
     cleanups.push(() => caServer.close(closeGraceMs));
 
+    // Kubernetes mode: the bundle is published for the proxies and the ingress to mount, and after a
+    // rotation step the Secret and the bundle follow (one write at a time, in order).
+    let savingSecret = Promise.resolve();
+    const publish = (pem: string): Promise<void> =>
+      kube ? publishBundle({ kubeConfig: kube.kubeConfig, namespace: kube.namespace, pem, logger: log }).catch((err: unknown) => log.error({ err }, 'could not publish the trust bundle ConfigMap; retried at the next change')) : Promise.resolve();
+    if (kube) await publish(ca.bundle().toPem());
     const offChange = ca.onChange((change) => {
+      if (secret) {
+        savingSecret = savingSecret
+          .then(() => saveCaToSecret({ ...secret, create: false }))
+          .catch((err: unknown) => log.error({ err }, 'could not update the CA Secret after a rotation step; a restart would come back with the previous material'))
+          .then(() => publish(change.bundle.toPem()));
+      }
       state.setBundle(change.bundle.toPem(), change.bundleSequence);
       caServer.refreshCredentials().catch((err) => log.error({ err }, 'refreshing the CA server credentials failed'));
       refreshDiscovery().catch((err) => {
@@ -232,6 +281,7 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
       });
     });
     cleanups.push(offChange);
+    cleanups.push(() => savingSecret);
 
     let bound: { port: number; adminPort?: number };
     let discoveryPort: number;
@@ -286,9 +336,13 @@ const control: Command = {
     init: { type: 'boolean', default: false },
     grace: { type: 'string', default: '30s' },
     'log-level': { type: 'string', default: 'info' },
+    ...KUBE_OPTIONS,
+    'trust-domain': { type: 'string', default: 'cluster.local' },
+    'ca-secret': { type: 'string', default: 'ward-ca/ward-ca' },
   },
   help: `Usage: ward control --state DIR --config ward.yaml [--listen HOST:PORT] [--discovery HOST:PORT]
                     [--admin HOST:PORT] [--init] [--grace 30s] [--log-level LEVEL]
+       ward control --kube --state DIR [--trust-domain TD] [--ca-secret NS/NAME] [--init] [...]
 
 Runs the control plane: the certificate authority and the discovery pool in one process.
 ward.yaml is the source of truth: it is watched, a valid edit reaches every connected proxy as an
@@ -315,6 +369,19 @@ Flags:
   --grace DURATION       how long a disconnected node's endpoints stay published (default 30s)
   --log-level LEVEL      trace, debug, info, warn, error, fatal or silent (default info)
 
+Kubernetes mode (--kube; docs/kubernetes.md): the Kubernetes API replaces ward.yaml — Pods,
+Services, Namespaces, EndpointSlices, Ingresses of class ward and AuthorizationPolicy objects,
+watched with informers (relisted after a 410, restarted with backoff after errors). Node proxies
+and the ingress join with a projected ServiceAccount token (audience ward) checked by TokenReview:
+a node certificate only for the node the token's ward-proxy pod runs on. The CA's material lives in
+a Secret (--ca-secret, default ward-ca/ward-ca, in its own namespace so that no other component's
+RBAC can read it): restored into --state at start, created there by --init on first start, updated
+after every rotation step. The trust bundle is published as the ConfigMap ward-bundle (bundle.pem)
+in --namespace for the proxies and the ingress to mount.
+${KUBE_HELP}
+  --trust-domain TD       the mesh's trust domain in Kubernetes mode (default cluster.local)
+  --ca-secret NS/NAME     the CA Secret (default ward-ca/ward-ca)
+
 Port 0 picks a free port; the bound addresses are printed on standard error once every listener is
 up ("ward control: CA https://HOST:PORT  discovery https://HOST:PORT  admin http://HOST:PORT").
 Logs are JSON lines on standard error. SIGINT/SIGTERM drain and stop with exit status 0.
@@ -325,7 +392,15 @@ Example:
   ward control --state .ward --config ward.yaml --init`,
   async run(args, io) {
     const stateDir = required(args, 'state');
-    const config = required(args, 'config');
+    const kubeMode = flag(args, 'kube');
+    const config = kubeMode ? undefined : required(args, 'config');
+    if (kubeMode && optional(args, 'config') !== undefined) throw new WardError('WARD_USAGE', '--config and --kube exclude each other: in Kubernetes mode the API is the source of truth');
+    const caSecret = String(args.values['ca-secret']);
+    const m = /^([a-z0-9][-a-z0-9]{0,62})\/([a-z0-9][-.a-z0-9]{0,252})$/.exec(caSecret);
+    if (kubeMode && !m) throw new WardError('WARD_USAGE', `--ca-secret wants NAMESPACE/NAME, got ${JSON.stringify(caSecret.slice(0, 100))}`);
+    const kube = kubeMode
+      ? { kubeConfig: kubeConfigArg(args), namespace: String(args.values.namespace), trustDomain: parseTrustDomain(String(args.values['trust-domain'])), caSecret: { namespace: m![1], name: m![2] } }
+      : undefined;
     // Every flag is checked before anything is created, opened or bound.
     const listen = hostPort(String(args.values.listen), '--listen');
     const discovery = hostPort(String(args.values.discovery), '--discovery');
@@ -340,7 +415,7 @@ Example:
     process.once('SIGTERM', onSignal);
     let running: Control | undefined;
     try {
-      running = await startControl({ stateDir, config, listen, discovery, admin, init: flag(args, 'init'), graceMs, logger });
+      running = await startControl({ stateDir, ...(kube ? { kube } : { config }), listen, discovery, admin, init: flag(args, 'init'), graceMs, logger });
       if (running.created) io.stderr.write(`ward control: created a CA in ${stateDir} (trust domain ${running.created.trustDomain}, root ${running.created.root.fingerprint})\n`);
       const p = running.ports;
       io.stderr.write(`ward control: CA https://${hostText(listen.host)}:${p.ca}  discovery https://${hostText(discovery.host)}:${p.discovery}  admin http://${hostText(admin.host)}:${p.admin}\n`);

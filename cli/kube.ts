@@ -2,7 +2,7 @@
  * Kubernetes mode helpers for the composition roots (`ward control --kube`, `ward ingress --kube`):
  * how to reach the API, and the CA material kept in the Secret ward-ca.
  */
-import { CoreV1Api, KubeConfig, type V1Secret } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, type V1ConfigMap, type V1Secret } from '@kubernetes/client-node';
 import { isLoopback } from '../core/address.js';
 import { WardError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
@@ -135,4 +135,36 @@ export async function saveCaToSecret(o: CaSecretOptions & { create: boolean }): 
     throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot ${o.create ? 'create' : 'update'} the CA Secret ${o.namespace}/${o.name}: ${(err as Error).message}`, { cause: err });
   }
   o.logger.info({ secret: `${o.namespace}/${o.name}`, files: Object.keys(files).length }, o.create ? 'CA material stored in its Secret' : 'CA Secret updated');
+}
+
+/** The ConfigMap (in Ward's namespace) the proxies and the ingress mount as their initial --bundle. */
+export const BUNDLE_CONFIGMAP = 'ward-bundle';
+
+/**
+ * Publishes the trust bundle as ConfigMap NAMESPACE/ward-bundle (key bundle.pem): created, or
+ * replaced when it differs. Public material only. Proxies read it once at start (later bundles come
+ * from the discovery pool), so a failure here is logged by the caller and retried on the next change.
+ */
+export async function publishBundle(o: { kubeConfig: KubeConfig; namespace: string; pem: string; logger: Logger }): Promise<void> {
+  const api = o.kubeConfig.makeApiClient(CoreV1Api);
+  const body: V1ConfigMap = {
+    apiVersion: 'v1',
+    kind: 'ConfigMap',
+    metadata: { name: BUNDLE_CONFIGMAP, namespace: o.namespace, labels: { 'app.kubernetes.io/name': BUNDLE_CONFIGMAP, 'app.kubernetes.io/part-of': 'ward' } },
+    data: { 'bundle.pem': o.pem },
+  };
+  let existing: V1ConfigMap | undefined;
+  try {
+    existing = await api.readNamespacedConfigMap({ name: BUNDLE_CONFIGMAP, namespace: o.namespace });
+  } catch (err) {
+    if (kubeStatus(err) !== 404) throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot read the ConfigMap ${o.namespace}/${BUNDLE_CONFIGMAP}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    if (existing === undefined) await api.createNamespacedConfigMap({ namespace: o.namespace, body });
+    else if (existing.data?.['bundle.pem'] !== o.pem) await api.replaceNamespacedConfigMap({ name: BUNDLE_CONFIGMAP, namespace: o.namespace, body });
+    else return;
+  } catch (err) {
+    throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot write the ConfigMap ${o.namespace}/${BUNDLE_CONFIGMAP}: ${(err as Error).message}`, { cause: err });
+  }
+  o.logger.info({ configMap: `${o.namespace}/${BUNDLE_CONFIGMAP}` }, 'trust bundle published');
 }

@@ -1,10 +1,11 @@
+import { access, constants } from 'node:fs/promises';
 import { WardError } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
 import { parseTrustDomain } from '../core/identity/index.js';
-import { NodeProxy, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT, DEFAULT_ADMIN_PORT } from '../proxy/index.js';
-import { EXIT_OK, optional, required, type Command } from './command.js';
+import { NodeProxy, DEFAULT_INBOUND_PORT, DEFAULT_OUTBOUND_PORT, DEFAULT_ADMIN_PORT, type NodeProxyOptions } from '../proxy/index.js';
+import { EXIT_OK, flag, optional, required, type Command } from './command.js';
 import { adminAddressArg, hostText, listenError, logLevelArg } from './ca.js';
 import { bundleArg, controlPlaneUrls, runUntilSignal, tokenArg } from './member.js';
 
@@ -23,6 +24,8 @@ const proxy: Command = {
     'trust-domain': { type: 'string', default: 'cluster.local' },
     token: { type: 'string' },
     'token-file': { type: 'string' },
+    'kube-token-file': { type: 'string' },
+    'shared-outbound': { type: 'boolean', default: false },
     state: { type: 'string' },
     'inbound-port': { type: 'string', default: String(DEFAULT_INBOUND_PORT) },
     'outbound-port': { type: 'string', default: String(DEFAULT_OUTBOUND_PORT) },
@@ -32,13 +35,14 @@ const proxy: Command = {
     'cluster-domain': { type: 'string', default: 'cluster.local' },
     'log-level': { type: 'string', default: 'info' },
   },
-  help: `Usage: ward proxy --node NAME --address IP --bundle FILE [--token TOKEN | --token-file FILE]
+  help: `Usage: ward proxy --node NAME --address IP --bundle FILE [--token TOKEN | --token-file FILE | --kube-token-file FILE]
                   [--ca URL] [--discovery URL] [--state DIR] [--admin HOST:PORT] [options]
 
-Runs the node proxy of node NAME (DESIGN §5). It joins the mesh with a one-time join token (or the
-node identity saved in --state by an earlier run), obtains a certificate for every workload the
-discovery pool places on this node (keys are generated here and never leave it), renews them at
-about half their lifetime, and then:
+Runs the node proxy of node NAME (DESIGN §5). It joins the mesh with a one-time join token, or in
+Kubernetes mode with its projected ServiceAccount token (or reuses the node identity saved in
+--state by an earlier run), obtains a certificate for every workload the discovery pool places on
+this node (keys are generated here and never leave it), renews them at about half their lifetime,
+and then:
 
   inbound   IP:15008 — mutual TLS 1.3 only. The caller must present a valid SVID of this mesh; every
             request is authorized by policy (403 and a log line naming the policy and rule when
@@ -49,6 +53,9 @@ about half their lifetime, and then:
               curl http://api.shop:8080/items         (absolute-form HTTP/1.1)
               curl --proxytunnel ... / CONNECT api.shop:8080   (any TCP protocol)
             or HTTP/2 with prior knowledge (h2c). Names: <service>.<namespace>[.svc.<cluster-domain>].
+            With --shared-outbound (Kubernetes mode, where the proxy on the host network cannot
+            bind pod IPs): ONE listener at IP:15001 for every local workload, each told apart by
+            its pod IP as the connection's source address; any other source gets 403.
   admin     loopback only: /healthz, /readyz, /metrics, /v1/state (JSON), POST /v1/renew
 
 Flags:
@@ -58,11 +65,16 @@ Flags:
   --trust-domain TD       the mesh trust domain (default cluster.local)
   --token TOKEN           a join token ("ward token create --node NAME"); or set ${TOKEN_ENV}
   --token-file FILE       read the join token from FILE
+  --kube-token-file FILE  Kubernetes mode, instead of a join token: the projected ServiceAccount
+                          token (audience ward), e.g. /var/run/secrets/ward/token; re-read at every
+                          join (the kubelet rotates it) and checked by the CA with TokenReview
   --state DIR             keep the node identity here (key mode 0600), so a restart needs no new token
   --ca URL                the CA (default https://127.0.0.1:8443)
   --discovery URL         the discovery pool (default https://127.0.0.1:8444)
   --inbound-port PORT     default ${DEFAULT_INBOUND_PORT}
   --outbound-port PORT    default ${DEFAULT_OUTBOUND_PORT}
+  --shared-outbound       one outbound listener on --address for all local workloads, by source
+                          address (Kubernetes mode; relies on the CNI refusing spoofed pod IPs)
   --admin HOST:PORT       loopback only (default: --address when it is loopback, else 127.0.0.1; port ${DEFAULT_ADMIN_PORT})
   --ttl DURATION          requested certificate lifetime (5m..24h; default: the CA's, 1h)
   --default-policy MODE   all-authenticated (default) or deny: the decision when no policy selects a service
@@ -92,19 +104,31 @@ Example:
     const mode = String(args.values['default-policy']);
     if (mode !== 'all-authenticated' && mode !== 'deny') throw new WardError('WARD_USAGE', `--default-policy must be all-authenticated or deny, got "${mode}"`);
     const { caUrl, discoveryUrl } = controlPlaneUrls(args);
-    const token = await tokenArg(args, io, TOKEN_ENV);
+    const kubeTokenFile = optional(args, 'kube-token-file');
+    if (kubeTokenFile !== undefined) {
+      if (optional(args, 'token') !== undefined || optional(args, 'token-file') !== undefined || io.env?.[TOKEN_ENV] !== undefined) {
+        throw new WardError('WARD_USAGE', `--kube-token-file cannot be combined with --token, --token-file or ${TOKEN_ENV}: give one way of joining`);
+      }
+      // Checked at start (it is read only when joining, possibly much later).
+      await access(kubeTokenFile, constants.R_OK).catch((err: NodeJS.ErrnoException) => {
+        throw new WardError('WARD_CONFIG_INVALID', `--kube-token-file ${kubeTokenFile} cannot be read (${err.code ?? err.message})`);
+      });
+    }
+    const token = kubeTokenFile === undefined ? await tokenArg(args, io, TOKEN_ENV) : undefined;
     const bundle = await bundleArg(args, trustDomain);
     const logger = createLogger({ level });
-    const p = new NodeProxy({
+    const options: NodeProxyOptions = {
       node,
       address,
       inboundPort,
       outboundPort,
+      sharedOutbound: flag(args, 'shared-outbound'),
       admin,
       caUrl,
       discoveryUrl,
       bundle,
       joinToken: token,
+      serviceAccountTokenFile: kubeTokenFile,
       stateDir: optional(args, 'state'),
       ttl: optional(args, 'ttl'),
       clusterDomain: String(args.values['cluster-domain']),
@@ -112,7 +136,8 @@ Example:
       logger,
       registry: createRegistry(),
       clock: systemClock,
-    });
+    };
+    const p = new NodeProxy(options);
     await runUntilSignal({
       name: 'proxy',
       io,

@@ -13,10 +13,11 @@ import { checkCommands } from './check.js';
 import { initCommands } from './init.js';
 import { tokenCommands } from './token.js';
 import { policyCommands } from './policy.js';
+import { probeCommands } from './probe.js';
 
 export type { CliIo };
 
-const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...ingressCommands, ...echoCommands, ...statusCommands, ...checkCommands, ...policyCommands];
+const COMMANDS: Command[] = [...upCommands, ...initCommands, ...caCommands, ...caHistoryCommands, ...certCommands, ...tokenCommands, ...controlCommands, ...proxyCommands, ...ingressCommands, ...echoCommands, ...statusCommands, ...checkCommands, ...policyCommands, ...probeCommands];
 
 const VERSION = '0.1.0';
 

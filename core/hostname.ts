@@ -6,6 +6,7 @@
  * the ingress reject every table the pool sends.
  */
 import { isIPv4, isIPv6 } from 'node:net';
+import { normalizePath } from './policy/index.js';
 
 const HOST_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const MAX_HOST_LENGTH = 253;
@@ -27,5 +28,26 @@ export function routeHostError(host: string): string | undefined {
       return `${shown(host)} is not a lowercase DNS name (a wildcard is allowed only as the whole first label, "*.")`;
     }
   }
+  return undefined;
+}
+
+/** Longest route path accepted. */
+export const MAX_ROUTE_PATH_LENGTH = 1024;
+
+/**
+ * Why `p` cannot be a route path, or undefined: absolute, at most 1024 characters, no whitespace,
+ * control characters, "?" or "#" (the query and fragment are split off before matching, so a rule
+ * holding one could never match), and already in the normal form core/policy's normalizePath gives
+ * requests (the ingress matches normalized paths, so a rule in another spelling could never match).
+ * One rule set for ward.yaml, Kubernetes Ingress objects and the ingress's own route table.
+ */
+export function routePathError(p: string): string | undefined {
+  if (!p.startsWith('/')) return `${shown(p)} must start with "/"`;
+  if (p.length > MAX_ROUTE_PATH_LENGTH) return `is longer than ${MAX_ROUTE_PATH_LENGTH} characters`;
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x20\x7f?#]/.test(p)) return `${shown(p)} must not contain whitespace, control characters, "?" or "#"`;
+  const n = normalizePath(p);
+  if (!n.ok) return `${shown(p)} is not a valid path (${n.reason})`;
+  if (n.path !== p) return `${shown(p)} is not in normal form (write ${shown(n.path)})`;
   return undefined;
 }

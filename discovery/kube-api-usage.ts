@@ -14,8 +14,12 @@ export interface KubeApiUse {
   /** Plural resource name, e.g. 'pods'. */
   resource: string;
   verbs: readonly string[];
-  /** 'cluster': every namespace (ClusterRole); 'own-namespace': only ward-system (Role). */
-  scope: 'cluster' | 'own-namespace';
+  /**
+   * 'cluster': every namespace (ClusterRole); 'own-namespace': only ward-system (Role);
+   * 'ca-namespace': only the CA's namespace ward-ca (Role), which holds the CA Secret alone, so that
+   * no other component's Secret access in ward-system (the ingress's TLS Secrets) can reach CA keys.
+   */
+  scope: 'cluster' | 'own-namespace' | 'ca-namespace';
   why: string;
 }
 
@@ -27,6 +31,7 @@ export const KUBE_API_USAGE: readonly KubeApiUse[] = [
   { component: 'control', group: 'networking.k8s.io', resource: 'ingresses', verbs: ['list', 'watch'], scope: 'cluster', why: 'ingress routes (class ward)' },
   { component: 'control', group: 'security.ward.dev', resource: 'authorizationpolicies', verbs: ['list', 'watch'], scope: 'cluster', why: "Ward's AuthorizationPolicy custom resource" },
   { component: 'control', group: 'authentication.k8s.io', resource: 'tokenreviews', verbs: ['create'], scope: 'cluster', why: 'node proxy and ingress attestation (projected ServiceAccount tokens, audience ward)' },
-  { component: 'control', group: '', resource: 'secrets', verbs: ['get', 'create', 'update'], scope: 'own-namespace', why: 'the CA material (Secret ward-ca), generated on first start and stored there' },
+  { component: 'control', group: '', resource: 'secrets', verbs: ['get', 'create', 'update'], scope: 'ca-namespace', why: 'the CA material (Secret ward-ca/ward-ca), generated on first start and stored there' },
+  { component: 'control', group: '', resource: 'configmaps', verbs: ['get', 'create', 'update'], scope: 'own-namespace', why: 'the trust bundle (ConfigMap ward-bundle) the proxies and the ingress mount as --bundle' },
   { component: 'ingress', group: '', resource: 'secrets', verbs: ['list', 'watch'], scope: 'own-namespace', why: 'TLS certificates named by Ingress spec.tls, from its own namespace only' },
 ];

@@ -15,12 +15,12 @@
  *   ingress:   {routes: [{host, paths: [{path, pathType?, service: name.namespace, port}]}]}
  * `namespace` defaults to "default", `targetPort` to `port`, `protocol` to http, `pathType` to Prefix.
  */
-import { routeHostError } from '../core/hostname.js';
+import { routeHostError, routePathError } from '../core/hostname.js';
 import { isIPv4, isIPv6 } from 'node:net';
 import { LineCounter, parseDocument, type Document } from 'yaml';
 import { WardError } from '../core/errors.js';
 import { SpiffeId, trustDomainError } from '../core/identity/index.js';
-import { normalizePath, parsePolicies, PolicyInvalidError } from '../core/policy/index.js';
+import { parsePolicies, PolicyInvalidError } from '../core/policy/index.js';
 import {
   deepFreeze,
   serviceKey,
@@ -715,18 +715,6 @@ const PATH_TYPES: readonly RoutePath['pathType'][] = ['Exact', 'Prefix'];
 /** Route hosts: the one rule set the ingress applies too (core/hostname). */
 const hostError = routeHostError;
 
-function routePathError(p: string): string | undefined {
-  if (!p.startsWith('/')) return `${shown(p)} must start with "/"`;
-  if (p.length > 1024) return 'is longer than 1024 characters';
-  // eslint-disable-next-line no-control-regex
-  if (/[\x00-\x20\x7f?#]/.test(p)) return `${shown(p)} must not contain whitespace, control characters, "?" or "#"`;
-  // The ingress matches the normalized request path, so a rule must be written in normal form too
-  // (it would never match otherwise, and the ingress refuses such a table).
-  const n = normalizePath(p);
-  if (!n.ok) return `${shown(p)} is not a valid path (${n.reason})`;
-  if (n.path !== p) return `${shown(p)} is not in normal form (write ${shown(n.path)})`;
-  return undefined;
-}
 
 function buildRoutes(v: unknown, c: Checker, services: Built<Service> & { byKey: Map<string, Service> }): Route[] {
   const out: Route[] = [];

@@ -25,8 +25,7 @@
  * exact rule while wildcards exist, the suffix it looks up. Results are shared frozen objects.
  */
 import { WardError } from '../core/errors.js';
-import { routeHostError } from '../core/hostname.js';
-import { normalizePath } from '../core/policy/index.js';
+import { routeHostError, routePathError } from '../core/hostname.js';
 import type { IngressRoute } from '../core/protocol/index.js';
 
 export interface RouteBackend {
@@ -49,8 +48,6 @@ export interface RouteTableOptions {
   readonly defaultBackend?: RouteBackend;
 }
 
-/** Same bound as ward.yaml's route paths. */
-const MAX_PATH_LENGTH = 1024;
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const SLASH = 0x2f;
 
@@ -79,15 +76,8 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 function pathError(p: string): string | undefined {
-  if (!p.startsWith('/')) return `path ${shown(p)} must start with "/"`;
-  if (p.length > MAX_PATH_LENGTH) return `path is longer than ${MAX_PATH_LENGTH} characters`;
-  // A "?" or "#" never reaches matching (the query and fragment are split off first), so a rule
-  // holding one could never match anything.
-  if (p.includes('?') || p.includes('#')) return `path ${shown(p)} must not contain "?" or "#"`;
-  const n = normalizePath(p);
-  if (!n.ok) return `path ${shown(p)} is not a valid request path (${n.reason})`;
-  if (n.path !== p) return `path ${shown(p)} is not in normal form (write ${shown(n.path)}); requests are matched after normalization, so it could never match as written`;
-  return undefined;
+  const why = routePathError(p);
+  return why === undefined ? undefined : `path ${why}`;
 }
 
 /** A validated, frozen backend. `where` names it in errors. */

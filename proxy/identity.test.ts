@@ -10,6 +10,7 @@
  */
 import { once } from 'node:events';
 import { chmod, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import type { ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import { createServer as createNetServer, connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -675,4 +676,152 @@ it('joins as the mesh ingress with an ingress token (identity option) and renews
   expect(mgr.node().serial).not.toBe(first.serial);
   expect(mgr.node().id.toString()).toBe(ingress.toString());
   expect(e.h.authorizer.asked).toEqual([]);
+});
+
+// --- Kubernetes mode: joining with the projected ServiceAccount token ----------------------------
+
+/** What the stub CA saw on POST /v1/join. */
+interface SeenJoin {
+  serviceAccountToken?: unknown;
+  token?: unknown;
+  node?: unknown;
+}
+
+/**
+ * A stand-in for the CA's mesh API in Kubernetes mode (the real route with a stub attestor is
+ * tested in ca/server-attest.test.ts): it presents spiffe://TD/ward/ca, records every join body,
+ * answers a join with `refuse` when set, else issues `grant` from the harness CA; renewals
+ * (/v1/issue) are answered 401, as the CA does for a lapsed node certificate.
+ */
+async function attestingCa(e: Env, grant: SpiffeId = NODE): Promise<{ port: number; joins: SeenJoin[]; refuse?: { status: number; code: string } }> {
+  const creds = await credentialsFor(e.h.ca, SpiffeId.fromSegments(TD, 'ward', 'ca'));
+  const stub: { port: number; joins: SeenJoin[]; refuse?: { status: number; code: string } } = { port: 0, joins: [] };
+  const reply = (res: ServerResponse, status: number, body: unknown): void => {
+    res.writeHead(status, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(body));
+  };
+  const server = createHttpsServer(meshServerOptions(creds, { requireClientCert: false }), (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as SeenJoin & { csr: string };
+      if (req.url !== '/v1/join') return reply(res, 401, { error: { code: 'WARD_PKI_SVID_INVALID', message: 'x' } });
+      stub.joins.push({ serviceAccountToken: body.serviceAccountToken, token: body.token, node: body.node });
+      if (stub.refuse) return reply(res, stub.refuse.status, { error: { code: stub.refuse.code, message: 'refused' } });
+      e.h.ca.issue({ csr: body.csr, identity: grant, requester: 'stub' }).then(
+        (issued) => reply(res, 200, { id: grant.toString(), certificate: issued.chainPem, bundle: e.h.bundle.toPem() }),
+        (err: Error) => reply(res, 500, { error: { code: 'WARD_CA_INTERNAL', message: err.message } }),
+      );
+    });
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  onTestFinished(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  stub.port = (server.address() as { port: number }).port;
+  return stub;
+}
+
+async function tokenFile(content: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'ward-proxy-sa-token-'));
+  onTestFinished(() => rm(dir, { recursive: true, force: true }));
+  const file = join(dir, 'token');
+  await writeFile(file, content);
+  return file;
+}
+
+const SA_TOKEN_1 = 'eyJhbGciOiJSUzI1NiJ9.c2VydmljZS1hY2NvdW50LTE.c2lnLTE';
+const SA_TOKEN_2 = 'eyJhbGciOiJSUzI1NiJ9.c2VydmljZS1hY2NvdW50LTI.c2lnLTI';
+
+it('joins with the ServiceAccount token file, re-reads it at every join, and rejoins with it (not one-time)', async () => {
+  const e = await env();
+  const ca = await attestingCa(e);
+  const file = await tokenFile(`${SA_TOKEN_1}\n`);
+  const stateDir = await tempStateDir();
+  const { mgr } = await e.manager({ port: ca.port, joinToken: undefined, serviceAccountTokenFile: file, stateDir });
+  await mgr.start();
+  const first = mgr.node();
+  expect(first.id.toString()).toBe(NODE.toString());
+  // Trimmed, with the node name; no join token.
+  expect(ca.joins).toEqual([{ serviceAccountToken: SA_TOKEN_1, node: 'n1' }]);
+
+  // The kubelet rotated the token; the node certificate is no longer accepted (401): the manager
+  // joins again, with the file's new content.
+  await writeFile(file, SA_TOKEN_2);
+  await mgr.renewAll();
+  expect(ca.joins).toEqual([{ serviceAccountToken: SA_TOKEN_1, node: 'n1' }, { serviceAccountToken: SA_TOKEN_2, node: 'n1' }]);
+  expect(mgr.node().serial).not.toBe(first.serial);
+  expect(statusOf(mgr, NODE)).toMatchObject({ state: 'valid', renewals: 1 });
+  expect(e.logs.records().some((r) => /joining again with the ServiceAccount token/.test(String(r.msg)))).toBe(true);
+  // And again: nothing is "spent".
+  await mgr.renewAll();
+  expect(ca.joins).toHaveLength(3);
+  await mgr.close();
+
+  // A restart with the state directory needs no token: the file is not even read.
+  await rm(file);
+  const again = await e.manager({ port: ca.port, joinToken: undefined, serviceAccountTokenFile: file, stateDir });
+  await again.mgr.start();
+  expect(again.mgr.node().serial).toBe(mgr.node().serial);
+  expect(ca.joins).toHaveLength(3);
+  expect(e.logs.lines.join('')).not.toContain(SA_TOKEN_1);
+  expect(e.logs.lines.join('')).not.toContain(SA_TOKEN_2);
+});
+
+it('after a refused ServiceAccount-token join, start() may be called again and reads the file again', async () => {
+  const e = await env();
+  const ca = await attestingCa(e);
+  ca.refuse = { status: 401, code: 'WARD_CA_TOKEN_INVALID' };
+  const file = await tokenFile(SA_TOKEN_1);
+  const { mgr } = await e.manager({ port: ca.port, joinToken: undefined, serviceAccountTokenFile: file });
+  await expect(mgr.start()).rejects.toMatchObject({ code: 'WARD_PROXY_JOIN_FAILED', message: expect.stringMatching(/did not accept the ServiceAccount token in .*token.*audience "ward"/) });
+  ca.refuse = undefined;
+  await writeFile(file, SA_TOKEN_2);
+  await mgr.start();
+  expect(mgr.node().id.toString()).toBe(NODE.toString());
+  expect(ca.joins.map((j) => j.serviceAccountToken)).toEqual([SA_TOKEN_1, SA_TOKEN_2]);
+});
+
+it.each([
+  [403, 'WARD_CA_FORBIDDEN', /refused this pod \(it must be a Running ward-proxy pod on this node/],
+  [400, 'WARD_CA_JOIN_UNSUPPORTED', /does not accept ServiceAccount tokens \(it does not run in Kubernetes mode\)/],
+  [503, 'WARD_CA_UNAVAILABLE', /could not check the ServiceAccount token with the Kubernetes API/],
+])('explains a %i %s answer to a ServiceAccount-token join', async (status, code, expected) => {
+  const e = await env();
+  const ca = await attestingCa(e);
+  ca.refuse = { status, code };
+  const { mgr } = await e.manager({ port: ca.port, joinToken: undefined, serviceAccountTokenFile: await tokenFile(SA_TOKEN_1) });
+  await expect(mgr.start()).rejects.toMatchObject({ code: 'WARD_PROXY_JOIN_FAILED', message: expect.stringMatching(expected) });
+});
+
+it('fails a ServiceAccount-token join clearly when the file is missing, empty or too large (nothing sent)', async () => {
+  const e = await env();
+  const ca = await attestingCa(e);
+  const empty = await tokenFile(' \n');
+  const large = await tokenFile('x'.repeat(16 * 1024 + 1));
+  for (const [file, expected] of [
+    [join(tmpdir(), 'ward-no-such-dir', 'token'), /cannot read the ServiceAccount token file .*ENOENT/],
+    [empty, /the ServiceAccount token file .* is empty/],
+    [large, /larger than 16384 bytes/],
+  ] as const) {
+    const { mgr } = await e.manager({ port: ca.port, joinToken: undefined, serviceAccountTokenFile: file });
+    await expect(mgr.start()).rejects.toMatchObject({ code: 'WARD_PROXY_JOIN_FAILED', message: expect.stringMatching(expected) });
+  }
+  expect(ca.joins).toEqual([]);
+});
+
+it('refuses a join token together with a ServiceAccount token file, or an empty file name', async () => {
+  const e = await env();
+  const base = { caUrl: 'https://127.0.0.1:1', trustDomain: TD, node: 'n1', bundle: e.h.bundle, logger: e.logs.logger };
+  expect(() => new IdentityManager({ ...base, joinToken: 't', serviceAccountTokenFile: '/var/run/secrets/ward/token' })).toThrow(expect.objectContaining({ code: 'WARD_CONFIG_INVALID' }));
+  expect(() => new IdentityManager({ ...base, serviceAccountTokenFile: '' })).toThrow(expect.objectContaining({ code: 'WARD_CONFIG_INVALID' }));
+});
+
+it('joins as the ingress with a ServiceAccount token, naming no node', async () => {
+  const e = await env();
+  const ingress = SpiffeId.ingress(TD);
+  const ca = await attestingCa(e, ingress);
+  const { mgr } = await e.manager({ port: ca.port, identity: ingress.toString(), node: 'ingress', joinToken: undefined, serviceAccountTokenFile: await tokenFile(SA_TOKEN_1) });
+  await mgr.start();
+  expect(mgr.node().id.toString()).toBe(ingress.toString());
+  expect(ca.joins).toEqual([{ serviceAccountToken: SA_TOKEN_1 }]);
 });

@@ -1,8 +1,10 @@
 /**
  * The node proxy's identities: its own node SVID and one SVID per workload on its node.
  *
- * Trust flow (DESIGN §3.1–3.2): the proxy joins with a one-time token (POST /v1/join) or reuses the
- * node identity saved in its state directory, then obtains each workload's certificate with
+ * Trust flow (DESIGN §3.1–3.2): the proxy joins with a one-time token (POST /v1/join), or in
+ * Kubernetes mode with its projected ServiceAccount token (re-read from its file at every join: the
+ * kubelet rotates it; not one-time, so it may join again after the node certificate lapsed), or
+ * reuses the node identity saved in its state directory, then obtains each workload's certificate with
  * POST /v1/issue over mutual TLS with the node certificate. Every key is generated here and never
  * leaves the node: only CSRs go to the CA, and no key is ever logged (PrivateKey redacts itself).
  *
@@ -48,6 +50,8 @@ export const CA_REQUEST_TIMEOUT_MS = 10_000;
 export const MAX_CA_RESPONSE_BYTES = 64 * 1024;
 /** The node's key and certificate chain, one PEM file (mode 0600) in the state directory. */
 export const NODE_IDENTITY_FILE = 'node-identity.pem';
+/** A projected ServiceAccount token is 1–2 KiB; the CA takes up to 16 KiB. */
+export const MAX_SERVICE_ACCOUNT_TOKEN_BYTES = 16 * 1024;
 /** Renewal at (0.5 ± RENEW_JITTER) of the lifetime, so a node's certificates do not all renew together. */
 const RENEW_JITTER = 0.1;
 /** Below this much remaining lifetime a retry is no longer pulled forward (see #retryDelay). */
@@ -72,8 +76,15 @@ export interface IdentityOptions {
   identity?: string;
   /** Initial trust anchors (they verify the CA on join). */
   bundle: TrustBundle;
-  /** Needed unless stateDir holds a usable node identity. One-time: used at most once per process. */
+  /** Needed (or serviceAccountTokenFile) unless stateDir holds a usable node identity. One-time: used at most once per process. */
   joinToken?: string;
+  /**
+   * Kubernetes mode, instead of joinToken: the projected ServiceAccount token's file (audience
+   * `ward`, e.g. /var/run/secrets/ward/token). Read afresh at every join, since the kubelet rotates
+   * it; the CA attests it with TokenReview. Unlike a join token it may be used again, e.g. after the
+   * node certificate expired. Its content is never logged.
+   */
+  serviceAccountTokenFile?: string;
   /** Node key (0600) + certificate saved here after join/renewal, so a restarted proxy needs no new token; created 0700. */
   stateDir?: string;
   /** Requested workload/node lifetime, e.g. "1h" (5m..24h; default: the CA's default). */
@@ -180,6 +191,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
   readonly #caId: SpiffeId;
   readonly #trustDomain: string;
   readonly #joinToken: string | undefined;
+  readonly #saTokenFile: string | undefined;
   readonly #stateDir: string | undefined;
   readonly #ttl: string | undefined;
   readonly #clock: Clock;
@@ -234,6 +246,12 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     if (o.joinToken !== undefined && (typeof o.joinToken !== 'string' || o.joinToken.length === 0)) {
       throw new WardError('WARD_CONFIG_INVALID', 'join token must be a non-empty string');
     }
+    if (o.serviceAccountTokenFile !== undefined) {
+      if (typeof o.serviceAccountTokenFile !== 'string' || o.serviceAccountTokenFile.length === 0) {
+        throw new WardError('WARD_CONFIG_INVALID', 'the ServiceAccount token file must be a non-empty path');
+      }
+      if (o.joinToken !== undefined) throw new WardError('WARD_CONFIG_INVALID', 'give either a join token or a ServiceAccount token file, not both');
+    }
     if (o.ttl !== undefined) {
       const ms = parseDuration(o.ttl);
       if (ms === undefined || ms < MIN_TTL_MS || ms > MAX_TTL_MS) {
@@ -246,6 +264,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     }
     this.#caId = SpiffeId.fromSegments(this.#trustDomain, 'ward', 'ca');
     this.#joinToken = o.joinToken;
+    this.#saTokenFile = o.serviceAccountTokenFile;
     this.#stateDir = o.stateDir;
     this.#ttl = o.ttl;
     this.#clock = o.clock ?? systemClock;
@@ -276,8 +295,8 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
    * Loads a saved node identity (stateDir) that is still valid and from a CA in the bundle, else
    * joins with the token. Then schedules node renewal and obtains the wanted workload identities.
    * Throws WARD_PROXY_JOIN_FAILED with a clear message. A call while one is running joins it; after
-   * a failure start() may be called again (the caller owns the retry policy; a token the CA has
-   * answered once is never sent again).
+   * a failure start() may be called again (the caller owns the retry policy; a join token the CA
+   * has answered once is never sent again, while a ServiceAccount token file is read again).
    */
   start(): Promise<void> {
     if (this.#closed) return Promise.reject(new WardError('WARD_PROXY_JOIN_FAILED', 'the identity manager is closed'));
@@ -295,17 +314,18 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
       issued = saved.issued;
       this.#log.info({ identity: this.nodeId.toString(), serial: issued.leaf.serialHex, notAfter: issued.leaf.notAfter.toISOString() }, 'reusing the saved node identity');
     } else {
-      if (this.#joinToken === undefined) {
-        throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId}: no join token was given and ${saved.reason}`);
+      if (this.#joinToken === undefined && this.#saTokenFile === undefined) {
+        throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId}: no join token was given (nor a ServiceAccount token file) and ${saved.reason}`);
       }
-      if (this.#tokenSpent) {
+      // A ServiceAccount token is not one-time: only a join token is ever "spent".
+      if (this.#saTokenFile === undefined && this.#tokenSpent) {
         throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId}: the CA has already answered a join with this token (tokens are one-time); create a new one with \`ward token create\``);
       }
-      if (this.#stateDir !== undefined) this.#log.info({ reason: saved.reason }, 'no usable saved node identity; joining with the token');
+      if (this.#stateDir !== undefined) this.#log.info({ reason: saved.reason }, this.#saTokenFile !== undefined ? 'no usable saved node identity; joining with the ServiceAccount token' : 'no usable saved node identity; joining with the token');
       try {
         issued = await this.#join();
       } catch (err) {
-        throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId} at ${this.#url.origin}: ${joinFailure(err)}`, { cause: err });
+        throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot join as ${this.nodeId} at ${this.#url.origin}: ${joinFailure(err, this.#saTokenFile)}`, { cause: err });
       }
       if (this.#closed) throw new WardError('WARD_PROXY_JOIN_FAILED', 'the identity manager was closed while joining');
       await this.#save(issued);
@@ -529,7 +549,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     } catch (err) {
       const unauthenticated = !current || (err instanceof CaRefusalError && err.status === 401);
       if (!unauthenticated || !this.#tokenUsable()) throw err;
-      this.#log.warn({ identity: this.nodeId.toString(), err: (err as Error).message }, 'the CA did not accept the node certificate; joining again with the join token');
+      this.#log.warn({ identity: this.nodeId.toString(), err: (err as Error).message }, this.#saTokenFile !== undefined ? 'the CA did not accept the node certificate; joining again with the ServiceAccount token' : 'the CA did not accept the node certificate; joining again with the join token');
       issued = await this.#join();
     }
     if (this.#current(slot)) await this.#save(issued);
@@ -650,11 +670,13 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
 
   // --- the CA -----------------------------------------------------------------------------------
 
+  /** A join token until the CA has answered with it; a ServiceAccount token file always. */
   #tokenUsable(): boolean {
-    return this.#joinToken !== undefined && !this.#tokenSpent;
+    return this.#saTokenFile !== undefined || (this.#joinToken !== undefined && !this.#tokenSpent);
   }
 
   async #join(): Promise<Issued> {
+    if (this.#saTokenFile !== undefined) return this.#joinAttested(this.#saTokenFile);
     const token = this.#joinToken;
     if (token === undefined || this.#tokenSpent) throw new WardError('WARD_PROXY_JOIN_FAILED', 'no unused join token');
     const key = PrivateKey.generate();
@@ -666,6 +688,34 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
       this.#tokenSpent = true;
     });
     return this.#accept(body, key, this.nodeId);
+  }
+
+  /**
+   * Kubernetes mode: the token is read now (the kubelet replaces it well before it expires), sent
+   * with the node name (the CA refuses a ward-proxy pod on another node), and the CA names the
+   * identity; `#accept` checks it is ours. A failure leaves nothing spent: the next join reads the
+   * file again.
+   */
+  async #joinAttested(file: string): Promise<Issued> {
+    let text: string;
+    try {
+      const fh = await open(file, 'r');
+      try {
+        const buf = Buffer.alloc(MAX_SERVICE_ACCOUNT_TOKEN_BYTES + 1);
+        const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+        if (bytesRead > MAX_SERVICE_ACCOUNT_TOKEN_BYTES) throw new Error(`it is larger than ${MAX_SERVICE_ACCOUNT_TOKEN_BYTES} bytes`);
+        text = buf.subarray(0, bytesRead).toString('utf8').trim();
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      throw new WardError('WARD_PROXY_JOIN_FAILED', `cannot read the ServiceAccount token file ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    if (text.length === 0) throw new WardError('WARD_PROXY_JOIN_FAILED', `the ServiceAccount token file ${file} is empty`);
+    const key = PrivateKey.generate();
+    const body: Record<string, string> = { serviceAccountToken: text, csr: createCsr(key) };
+    if (this.nodeId.nodeName !== undefined) body.node = this.nodeId.nodeName;
+    return this.#accept(await this.#post('/v1/join', body, undefined), key, this.nodeId);
   }
 
   async #issue(creds: Credentials, identity: SpiffeId | undefined): Promise<Issued> {
@@ -908,7 +958,21 @@ function describe(err: unknown): string {
 }
 
 /** Why a join failed, in the words an operator needs. */
-function joinFailure(err: unknown): string {
+function joinFailure(err: unknown, saTokenFile: string | undefined): string {
+  if (err instanceof CaRefusalError && saTokenFile !== undefined) {
+    switch (err.code) {
+      case 'WARD_CA_TOKEN_INVALID':
+        return `the CA did not accept the ServiceAccount token in ${saTokenFile} (TokenReview did not authenticate it for audience "ward": expired, or not the projected token with audience ward)`;
+      case 'WARD_CA_FORBIDDEN':
+        return `the CA refused this pod (it must be a Running ward-proxy pod on this node, or the ward-ingress pod, in ward-system; the CA's log names the rule): ${err.message}`;
+      case 'WARD_CA_JOIN_UNSUPPORTED':
+        return 'the CA does not accept ServiceAccount tokens (it does not run in Kubernetes mode); join with a join token instead';
+      case 'WARD_CA_UNAVAILABLE':
+        return 'the CA could not check the ServiceAccount token with the Kubernetes API just now; retry later';
+      default:
+        return err.message;
+    }
+  }
   if (err instanceof CaRefusalError) {
     if (err.code === 'WARD_CA_TOKEN_INVALID') return 'the CA refused the join token (unknown, expired or already used); create a new one with `ward token create`';
     return err.message;

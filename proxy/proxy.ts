@@ -58,6 +58,8 @@ export interface NodeProxyOptions {
   /** Initial trust anchors (the CA's bundle); later bundles come from the pool. */
   bundle: TrustBundle;
   joinToken?: string;
+  /** Kubernetes mode, instead of joinToken: the projected ServiceAccount token file (audience ward), re-read at every join. */
+  serviceAccountTokenFile?: string;
   stateDir?: string;
   /** Requested certificate lifetime, e.g. "1h". */
   ttl?: string;
@@ -122,6 +124,7 @@ export class NodeProxy {
       node: o.node,
       bundle: o.bundle,
       joinToken: o.joinToken,
+      serviceAccountTokenFile: o.serviceAccountTokenFile,
       stateDir: o.stateDir,
       ttl: o.ttl,
       clock: this.#clock,

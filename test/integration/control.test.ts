@@ -12,6 +12,7 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { CertificateAuthority } from '../../ca/index.js';
 import { startControl, type Control, type StartControlOptions } from '../../cli/control.js';
+import type { LocalFileSource } from '../../discovery/index.js';
 import { ControlClient } from '../../core/control/index.js';
 import { systemClock } from '../../core/clock.js';
 import { isWardError } from '../../core/errors.js';
@@ -234,7 +235,7 @@ describe('ward control', () => {
 
     // An invalid edit: rejected; clients keep their state, the CA keeps serving on the last good model.
     const held = a.status().version;
-    const rejected = new Promise((resolve) => ctl.source.once('rejected', resolve));
+    const rejected = new Promise((resolve) => (ctl.source as LocalFileSource).once('rejected', resolve));
     await e.write(meshWith((m) => (m.workloads[0].node = 'node-zz')));
     const err = await rejected;
     expect(isWardError(err, 'WARD_CONFIG_INVALID')).toBe(true);
