@@ -1,3 +1,5 @@
+import type { KubeConfig } from '@kubernetes/client-node';
+import { isLoopback } from '../core/address.js';
 import { WardError } from '../core/errors.js';
 import { routeHostError } from '../core/hostname.js';
 import { systemClock } from '../core/clock.js';
@@ -13,6 +15,74 @@ import { bundleArg, controlPlaneUrls, runUntilSignal, tokenArg } from './member.
 const TOKEN_ENV = 'WARD_INGRESS_TOKEN';
 
 export const INGRESS_DEFAULTS = { https: '127.0.0.1:10443', http: '127.0.0.1:10080', admin: '127.0.0.1:15020' } as const;
+
+/** Kubernetes mode (docs/kubernetes.md): Ward's namespace, and where the projected token is mounted. */
+export const KUBE_DEFAULTS = { namespace: 'ward-system', tokenFile: '/var/run/secrets/ward/token' } as const;
+
+const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/**
+ * The Kubernetes API client configuration of --kube: --kube-server URL (no credentials; tests and
+ * `kubectl proxy`), --kubeconfig FILE, else the pod's in-cluster configuration (its ServiceAccount
+ * token and CA). Plain http only to a loopback address: the Secrets' private keys travel on it.
+ * The client library (~75 MiB) is loaded only here, in Kubernetes mode.
+ */
+async function kubeConfigArg(server: string | undefined, file: string | undefined, env: NodeJS.ProcessEnv): Promise<KubeConfig> {
+  if (server !== undefined && file !== undefined) throw new WardError('WARD_USAGE', 'give either --kube-server URL or --kubeconfig FILE, not both');
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const kc = new KubeConfig();
+  let what: string;
+  if (server !== undefined) {
+    let url: URL;
+    try {
+      url = new URL(server);
+    } catch {
+      throw new WardError('WARD_USAGE', `--kube-server wants a URL such as https://10.0.0.1:6443, got "${server}"`);
+    }
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.username !== '' || url.password !== '' || (url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '') {
+      throw new WardError('WARD_USAGE', `--kube-server wants http(s)://HOST[:PORT] with nothing else, got "${server}"`);
+    }
+    kc.loadFromOptions({
+      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: false }],
+      users: [{ name: 'ward' }],
+      contexts: [{ name: 'ward', cluster: 'ward', user: 'ward' }],
+      currentContext: 'ward',
+    });
+    what = '--kube-server';
+  } else if (file !== undefined) {
+    try {
+      kc.loadFromFile(file);
+    } catch (err) {
+      throw new WardError('WARD_CONFIG_INVALID', `--kubeconfig ${file}: ${(err as Error).message}`, { cause: err });
+    }
+    what = `--kubeconfig ${file}`;
+  } else {
+    if (!env.KUBERNETES_SERVICE_HOST || !env.KUBERNETES_SERVICE_PORT) {
+      throw new WardError('WARD_USAGE', '--kube: not in a Kubernetes pod (KUBERNETES_SERVICE_HOST/PORT are not set); give --kubeconfig FILE or --kube-server URL');
+    }
+    kc.loadFromCluster();
+    what = 'the in-cluster configuration';
+  }
+  const cluster = kc.getCurrentCluster();
+  if (cluster === null) throw new WardError('WARD_CONFIG_INVALID', `${what}: no current cluster`);
+  let url: URL;
+  try {
+    url = new URL(cluster.server);
+  } catch {
+    throw new WardError('WARD_CONFIG_INVALID', `${what}: the cluster's server "${cluster.server}" is not a URL`);
+  }
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  if (url.protocol === 'http:' && !isLoopback(host)) {
+    throw new WardError(server !== undefined ? 'WARD_USAGE' : 'WARD_CONFIG_INVALID', `${what}: plain http to the Kubernetes API is allowed only to a loopback address, not ${url.host} (use https)`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new WardError('WARD_CONFIG_INVALID', `${what}: the cluster's server must be http(s), got ${url.protocol}`);
+  if (url.protocol === 'http:' && !cluster.skipTLSVerify) {
+    // client-node refuses an http:// server unless skipTLSVerify is set (its way of saying plain
+    // http is meant); there is no TLS to verify, and the address is loopback (checked above).
+    kc.clusters = kc.clusters.map((c) => (c === cluster ? { ...c, skipTLSVerify: true } : c));
+  }
+  return kc;
+}
 
 /** --cert HOST=CERT.pem,KEY.pem and --pfx HOST=BUNDLE.p12[,PASSPHRASE-FILE] → sources. */
 function certificateSources(certs: string[], pfxs: string[]): CertificateSource[] {
@@ -56,10 +126,17 @@ const ingress: Command = {
     ttl: { type: 'string' },
     'cluster-domain': { type: 'string', default: 'cluster.local' },
     'log-level': { type: 'string', default: 'info' },
+    kube: { type: 'boolean', default: false },
+    kubeconfig: { type: 'string' },
+    'kube-server': { type: 'string' },
+    namespace: { type: 'string' },
+    'kube-token-file': { type: 'string' },
   },
   help: `Usage: ward ingress --bundle FILE (--cert HOST=CERT,KEY | --pfx HOST=P12[,PASSFILE] | --internal-cert HOST)...
                     [--token TOKEN | --token-file FILE] [--state DIR] [--https HOST:PORT]
                     [--http HOST:PORT | --no-redirect] [--admin HOST:PORT] [options]
+       ward ingress --kube --bundle FILE [--namespace NS] [--kube-token-file FILE]
+                    [--kubeconfig FILE | --kube-server URL] [options]
 
 Runs the mesh ingress (DESIGN §7), the mesh's front door. It joins with an ingress join token
 ("ward token create --ingress") as spiffe://<trust-domain>/ns/ward-system/sa/ward-ingress, follows
@@ -77,6 +154,17 @@ the routes and endpoints the discovery pool pushes (ward.yaml "ingress.routes"),
          stay reachable without TLS (health checks, legacy clients).
   admin  loopback only: /healthz, /readyz, /metrics, /v1/state.
 
+Kubernetes mode (--kube; docs/kubernetes.md): the ingress runs in the ward-system namespace as the
+ServiceAccount ward-ingress. It joins with its projected ServiceAccount token (audience ward; the CA
+checks it with a TokenReview) instead of a join token, and takes certificates from TLS Secrets: a
+route whose Ingress lists the host under spec.tls is served with that Secret (type kubernetes.io/tls,
+data tls.crt and tls.key), read from the ingress's OWN namespace only (--namespace), never from the
+Ingress's namespace. The Secrets are listed and watched (only type kubernetes.io/tls); an update is
+judged like a file (a bad one is refused, the old certificate kept) and served to new connections.
+A Secret that is missing, of another type or without tls.crt/tls.key is logged, and the host is
+listed in /readyz and /v1/state. No --cert is needed; --cert, --pfx and --internal-cert still work
+and take precedence for their hosts. Without --kube, routes naming Secrets are ignored (one warning).
+
 Flags:
   --bundle FILE           the mesh trust bundle, PEM ("ward ca bundle --state DIR")
   --cert HOST=CERT,KEY    a PEM certificate chain and key for HOST (repeatable)
@@ -93,6 +181,15 @@ Flags:
   --default-backend SERVICE.NAMESPACE:PORT
                           where requests no route matches go (any host); default: 404
   --token TOKEN           an ingress join token; or set ${TOKEN_ENV}; --token-file FILE reads it
+  --kube                  Kubernetes mode (above); API access from the pod's in-cluster configuration
+  --kubeconfig FILE       Kubernetes mode: API access from this kubeconfig's current context instead
+  --kube-server URL       Kubernetes mode: this API server, without credentials (tests, kubectl proxy);
+                          plain http only to a loopback address
+  --namespace NS          Kubernetes mode: the namespace the TLS Secrets are read from, the ingress's
+                          own (default ${KUBE_DEFAULTS.namespace})
+  --kube-token-file FILE  join with the projected ServiceAccount token in FILE (audience ward), read
+                          afresh at each join; not with --token/--token-file. With --kube and no token
+                          given, ${KUBE_DEFAULTS.tokenFile}
   --state DIR             keep the ingress identity here (0600), so a restart needs no new token
   --ca URL, --discovery URL   the control plane (defaults https://127.0.0.1:8443, :8444)
   --https HOST:PORT       default ${INGRESS_DEFAULTS.https}
@@ -114,7 +211,19 @@ Once listening it prints on standard error:
     const admin = adminAddressArg(args);
     const sources = certificateSources((args.values.cert as string[] | undefined) ?? [], (args.values.pfx as string[] | undefined) ?? []);
     const internalHosts = (args.values['internal-cert'] as string[] | undefined) ?? [];
-    if (sources.length + internalHosts.length === 0) throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY, --pfx HOST=P12 or --internal-cert HOST)');
+    const kube = args.values.kube === true;
+    for (const f of ['kubeconfig', 'kube-server', 'namespace'] as const) {
+      if (!kube && optional(args, f) !== undefined) throw new WardError('WARD_USAGE', `--${f} needs --kube`);
+    }
+    const namespace = optional(args, 'namespace') ?? KUBE_DEFAULTS.namespace;
+    if (!NAMESPACE.test(namespace)) throw new WardError('WARD_USAGE', `--namespace wants a namespace name (a DNS label), got "${namespace}"`);
+    if (!kube && sources.length + internalHosts.length === 0) {
+      throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY, --pfx HOST=P12 or --internal-cert HOST), or run in Kubernetes mode (--kube: certificates from TLS Secrets)');
+    }
+    let kubeTokenFile = optional(args, 'kube-token-file');
+    if (kubeTokenFile !== undefined && (optional(args, 'token') !== undefined || optional(args, 'token-file') !== undefined)) {
+      throw new WardError('WARD_USAGE', '--kube-token-file joins with a ServiceAccount token; give it or --token/--token-file, not both');
+    }
     for (const h of internalHosts) {
       const why = routeHostError(h);
       if (why !== undefined) throw new WardError('WARD_USAGE', `--internal-cert: the host ${why}`);
@@ -137,7 +246,10 @@ Once listening it prints on standard error:
       if (!m || Number(m[2]) < 1 || Number(m[2]) > 65535) throw new WardError('WARD_USAGE', `--default-backend wants SERVICE.NAMESPACE:PORT (a service port), got "${db}"`);
       defaultBackend = { service: m[1], port: Number(m[2]) };
     }
-    const token = await tokenArg(args, io, TOKEN_ENV);
+    // A ServiceAccount token file replaces the join token (also the one in the environment).
+    const token = kubeTokenFile === undefined ? await tokenArg(args, io, TOKEN_ENV) : undefined;
+    if (kube && token === undefined && kubeTokenFile === undefined) kubeTokenFile = KUBE_DEFAULTS.tokenFile;
+    const kubeConfig = kube ? await kubeConfigArg(optional(args, 'kube-server'), optional(args, 'kubeconfig'), io.env) : undefined;
     const bundle = await bundleArg(args, trustDomain);
     const logger = createLogger({ level });
     const ing = new Ingress({
@@ -145,6 +257,8 @@ Once listening it prints on standard error:
       discoveryUrl,
       bundle,
       joinToken: token,
+      ...(kubeTokenFile !== undefined ? { serviceAccountTokenFile: kubeTokenFile } : {}),
+      ...(kubeConfig !== undefined ? { kube: { kubeConfig, namespace } } : {}),
       stateDir: optional(args, 'state'),
       ttl: optional(args, 'ttl'),
       https,

@@ -43,7 +43,8 @@ export function kubeConfigArg(args: ParsedArgs): KubeConfig {
     if (url.protocol === 'http:' && !isLoopback(host)) throw new WardError('WARD_USAGE', '--kube-server: plain http is allowed only to a loopback address (a test API server); use https');
     if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new WardError('WARD_USAGE', '--kube-server must be an http(s) URL');
     kc.loadFromOptions({
-      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: false }],
+      // client-node refuses a plain http:// server unless skipTLSVerify is set (there is no TLS to verify).
+      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: url.protocol === 'http:' }],
       users: [{ name: 'ward' }],
       contexts: [{ name: 'ward', cluster: 'ward', user: 'ward' }],
       currentContext: 'ward',

@@ -45,6 +45,13 @@
  * A pass skips a source whose bytes are those being served, and (except for an explicit reload())
  * those last refused, so an unrelated change in the directory does not repeat a refusal.
  *
+ * Dynamic sources (setDynamicHosts): hosts that come and go at run time, each with a label saying
+ * where its certificate comes from (`Secret ward-system/shop-tls`). Like internal sources they are
+ * handed over in memory with provide() and judged by the same code as a PEM pair from disk. A host
+ * added waits for provide(); a host removed is no longer served (open connections keep theirs); a
+ * host whose label changed forgets the certificate of its old source. A host a static source (file
+ * or internal) serves stays with the static source: the dynamic one is ignored, with a warning.
+ *
  * Note for the listener: OpenSSL fixes the protocol versions and cipher list of a connection from
  * the server's own context before SNI is seen; a context switched in by SNICallback brings its
  * certificate, not those. Pass the same protocol/cipher settings to tls.createServer as to `tls` here.
@@ -87,7 +94,10 @@ export interface ServedCertificate {
   subject: string;
   /** SHA-256 of the leaf's DER, uppercase hex with colons (as `openssl x509 -fingerprint -sha256`). */
   fingerprint: string;
-  /** The file the certificate came from: certFile or pfxFile (absolute). */
+  /**
+   * Where the certificate came from: certFile or pfxFile (absolute), INTERNAL_SOURCE, or a dynamic
+   * source's label (e.g. `Secret ward-system/shop-tls`).
+   */
   source: string;
 }
 
@@ -131,7 +141,8 @@ const SOURCE_OPTIONS = ['cert', 'key', 'pfx', 'passphrase'] as const;
 type Spec =
   | { kind: 'pem'; host: string; certFile: string; keyFile: string }
   | { kind: 'pkcs12'; host: string; pfxFile: string; passphraseFile?: string }
-  | { kind: 'internal'; host: string };
+  | { kind: 'internal'; host: string }
+  | { kind: 'dynamic'; host: string; label: string };
 
 interface SourceState {
   readonly spec: Spec;
@@ -159,7 +170,12 @@ class Refusal extends Error {
 }
 
 export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
+  /** The sources given at construction (files and internal names), in their order. */
   readonly #sources: SourceState[];
+  /** Sources set at run time (setDynamicHosts): normalized host → source. */
+  #dynamic = new Map<string, SourceState>();
+  /** Dynamic hosts ignored because a static source has them, so each is warned about once. */
+  #shadowed = new Set<string>();
   /** Exact host → source; wildcard sources by the part after "*." (example.com for *.example.com). */
   readonly #exact = new Map<string, SourceState>();
   readonly #wildcard = new Map<string, SourceState>();
@@ -202,11 +218,8 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
     this.#sources = o.sources.map((s, i) => ({ spec: normalizeSource(s, i) }));
     for (const s of this.#sources) {
       const { host } = s.spec;
-      const wildcard = host.startsWith('*.');
-      const map = wildcard ? this.#wildcard : this.#exact;
-      const key = wildcard ? host.slice(2) : host;
-      if (map.has(key)) throw configInvalid(`ingress certificate sources: host "${host}" is listed twice`);
-      map.set(key, s);
+      if (this.#lookup(host) !== undefined) throw configInvalid(`ingress certificate sources: host "${host}" is listed twice`);
+      this.#map(host, s);
     }
 
     if (o.registry !== undefined) {
@@ -293,22 +306,24 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
   }
 
   /**
-   * Serves an internal-name certificate (a source `{ host, internal: true }`): judged like a PEM
-   * pair from disk (key matches, chain in order, valid now, serverAuth, covers the host). Returns
-   * whether it was installed; a refusal is logged, counted and emitted, and the certificate in use
-   * (if any) stays. The key is used in memory only.
+   * Serves the certificate of an in-memory source: an internal name (a source `{ host, internal:
+   * true }`) or a dynamic host (setDynamicHosts). Judged like a PEM pair from disk (key matches,
+   * chain in order, valid now, serverAuth, covers the host). Returns whether it was installed; a
+   * refusal is logged, counted and emitted, and the certificate in use (if any) stays. The same
+   * chain and key as the one served is a no-op (true). The key is used in memory only.
    */
   provide(host: string, chainPem: string, keyPem: string): boolean {
     if (this.#state === 'closed') return false;
-    const s = this.#sources.find((x) => x.spec.kind === 'internal' && x.spec.host === host);
-    if (s === undefined) bug(`CertificateStore.provide: no internal source for ${host}`);
+    const s = this.#sources.find((x) => x.spec.kind === 'internal' && x.spec.host === host) ?? this.#dynamic.get(normalizeHost(host) ?? '');
+    if (s === undefined) bug(`CertificateStore.provide: no internal or dynamic source for ${host}`);
+    const label = s.spec.kind === 'dynamic' ? s.spec.label : INTERNAL_SOURCE;
     const cert = Buffer.from(chainPem);
     const key = Buffer.from(keyPem);
     const digest = createHash('sha256').update(cert).update(key).digest('hex');
     if (digest === s.loadedDigest) return true;
     let served: ServedCertificate;
     try {
-      served = this.#validatePemBytes(host, INTERNAL_SOURCE, INTERNAL_SOURCE, cert, key);
+      served = this.#validatePemBytes(s.spec.host, label, label, cert, key);
     } catch (err) {
       if (!(err instanceof Refusal)) throw err;
       this.#refuseNow(s, err, digest);
@@ -319,14 +334,108 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
     return true;
   }
 
-  /** Hosts of the sources with nothing being served (an internal name not provided yet). */
-  missing(): string[] {
-    return this.#sources.flatMap((s) => (s.served ? [] : [s.spec.host]));
+  /**
+   * Sets the dynamic sources: normalized or not, host (exact or `*.` wildcard) → a label saying
+   * where its certificate comes from (ServedCertificate.source, and the `file` of log lines). The
+   * whole set is replaced:
+   *   - a new host serves nothing until provide();
+   *   - a host no longer listed stops being served now (connections already open keep theirs);
+   *   - a host whose label changed forgets the certificate of its old source and waits for provide();
+   *   - a host with the same label keeps what it serves.
+   * A host a static source (file or internal) has is ignored: the static one keeps serving (warned
+   * once while it lasts). An invalid host is ignored with a warning (callers validate before).
+   * A no-op after close().
+   */
+  setDynamicHosts(hosts: ReadonlyMap<string, string>): void {
+    if (this.#state === 'closed') return;
+    const next = new Map<string, string>();
+    const shadowed = new Set<string>();
+    for (const [raw, label] of hosts) {
+      const host = normalizeHost(raw);
+      if (host === undefined || typeof label !== 'string' || label.length === 0) {
+        this.#log.warn({ host: String(raw).slice(0, 300) }, 'ignored a dynamic certificate source: not a DNS name or a wildcard of one label, or no label');
+        continue;
+      }
+      if (next.has(host)) continue; // the same host twice (case, trailing dot): the first wins
+      const held = this.#lookup(host);
+      if (held !== undefined && held.spec.kind !== 'dynamic') {
+        shadowed.add(host);
+        if (!this.#shadowed.has(host)) this.#log.warn({ host, source: label }, 'a static certificate source serves this host; ignoring the dynamic one');
+        continue;
+      }
+      next.set(host, label);
+    }
+    this.#shadowed = shadowed;
+    for (const [host, s] of this.#dynamic) {
+      const label = next.get(host);
+      if (label !== undefined && s.spec.kind === 'dynamic' && s.spec.label === label) continue;
+      this.#unmap(host, s);
+      this.#dynamic.delete(host);
+      if (s.served !== undefined) {
+        this.#expiry?.remove({ host });
+        this.#log.info({ host, file: s.served.source }, label === undefined ? 'stopped serving certificate: its dynamic source was removed' : 'stopped serving certificate: its source changed');
+      }
+    }
+    for (const [host, label] of next) {
+      if (this.#dynamic.has(host)) continue;
+      const s: SourceState = { spec: { kind: 'dynamic', host, label } };
+      this.#dynamic.set(host, s);
+      this.#map(host, s);
+    }
   }
 
-  /** Every certificate being served, in the order of the sources. */
+  /**
+   * The certificate served for exactly this source host (an exact host or a `*.` wildcard, as
+   * configured), whichever kind of source has it; unlike select(), no wildcard stands in for an
+   * exact host.
+   */
+  served(host: string): ServedCertificate | undefined {
+    const h = normalizeHost(host);
+    return h === undefined ? undefined : this.#lookup(h)?.served;
+  }
+
+  /** Whether a static source (file or internal name) has exactly this host; dynamic ones give way to it. */
+  hasStaticSource(host: string): boolean {
+    const h = normalizeHost(host);
+    const s = h === undefined ? undefined : this.#lookup(h);
+    return s !== undefined && s.spec.kind !== 'dynamic';
+  }
+
+  /** The dynamic sources now: normalized host → label. */
+  dynamicHosts(): Map<string, string> {
+    const out = new Map<string, string>();
+    for (const [host, s] of this.#dynamic) if (s.spec.kind === 'dynamic') out.set(host, s.spec.label);
+    return out;
+  }
+
+  /** Hosts of the sources with nothing being served (an internal name or dynamic host not provided yet). */
+  missing(): string[] {
+    return this.#all().flatMap((s) => (s.served ? [] : [s.spec.host]));
+  }
+
+  /** Every certificate being served, in the order of the sources (static ones first, then dynamic ones). */
   list(): ServedCertificate[] {
-    return this.#sources.flatMap((s) => (s.served ? [s.served] : []));
+    return this.#all().flatMap((s) => (s.served ? [s.served] : []));
+  }
+
+  #all(): SourceState[] {
+    return [...this.#sources, ...this.#dynamic.values()];
+  }
+
+  /** The source holding exactly this (normalized) host, exact or wildcard. */
+  #lookup(host: string): SourceState | undefined {
+    return host.startsWith('*.') ? this.#wildcard.get(host.slice(2)) : this.#exact.get(host);
+  }
+
+  #map(host: string, s: SourceState): void {
+    if (host.startsWith('*.')) this.#wildcard.set(host.slice(2), s);
+    else this.#exact.set(host, s);
+  }
+
+  #unmap(host: string, s: SourceState): void {
+    if (this.#lookup(host) !== s) return;
+    if (host.startsWith('*.')) this.#wildcard.delete(host.slice(2));
+    else this.#exact.delete(host);
   }
 
   /**
@@ -372,7 +481,7 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
   #files(): string[] {
     const files = new Set<string>();
     for (const { spec } of this.#sources) {
-      if (spec.kind === 'internal') continue;
+      if (spec.kind === 'internal' || spec.kind === 'dynamic') continue;
       if (spec.kind === 'pem') {
         files.add(spec.certFile);
         files.add(spec.keyFile);
@@ -542,7 +651,7 @@ export class CertificateStore extends EventEmitter<CertificateStoreEvents> {
       return this.#validatePemBytes(spec.host, spec.certFile, spec.keyFile, certBytes, keyBytes);
     }
     if (spec.kind === 'pkcs12') return this.#validatePkcs12(spec, files);
-    return bug('an internal source has no files to validate');
+    return bug('an in-memory source has no files to validate');
   }
 
   #validatePemBytes(host: string, certFile: string, keyFile: string, certBytes: Buffer, keyBytes: Buffer): ServedCertificate {
@@ -638,7 +747,7 @@ interface SourceFiles {
 async function readSourceFiles(spec: Spec): Promise<SourceFiles> {
   let first: Buffer;
   let second: Buffer | undefined;
-  if (spec.kind === 'internal') bug('an internal source has no files to read');
+  if (spec.kind === 'internal' || spec.kind === 'dynamic') bug('an in-memory source has no files to read');
   if (spec.kind === 'pem') {
     [first, second] = await Promise.all([readBounded(spec.certFile, MAX_CERTIFICATE_FILE_BYTES), readBounded(spec.keyFile, MAX_CERTIFICATE_FILE_BYTES)]);
   } else {
@@ -775,19 +884,23 @@ function normalizeServername(servername: string): string | undefined {
   return dnsName(servername);
 }
 
+/** A source's host, normalized: a DNS name, or `*.` and a DNS name of at least two labels; else undefined. */
+function normalizeHost(raw: string): string | undefined {
+  if (typeof raw !== 'string') return undefined;
+  if (raw.startsWith('*.')) {
+    const rest = dnsName(raw.slice(2));
+    // *.com would claim a whole top-level domain: at least two labels under the wildcard.
+    return rest !== undefined && rest.includes('.') ? `*.${rest}` : undefined;
+  }
+  return dnsName(raw);
+}
+
 function normalizeSource(s: CertificateSource, i: number): Spec {
   const where = `ingress certificate source #${i + 1}`;
   if (typeof s !== 'object' || s === null) throw configInvalid(`${where}: must be an object`);
   const raw = s.host;
   if (typeof raw !== 'string') throw configInvalid(`${where}: host is missing`);
-  let host: string | undefined;
-  if (raw.startsWith('*.')) {
-    const rest = dnsName(raw.slice(2));
-    // *.com would claim a whole top-level domain: at least two labels under the wildcard.
-    host = rest !== undefined && rest.includes('.') ? `*.${rest}` : undefined;
-  } else {
-    host = dnsName(raw);
-  }
+  const host = normalizeHost(raw);
   if (host === undefined) {
     throw configInvalid(`${where}: host "${raw}" is not a DNS name or a wildcard of one label (*.example.com); SNI carries no IP addresses`);
   }

@@ -5,14 +5,21 @@
  *   ControlClient ──── the pool's ingress view (endpoints, routes, bundle) → MeshView + RouteTable,
  *                      validated whole (a bad version is NACKed; the previous one keeps serving)
  *   CertificateStore ─ external certificates per host (SNI), hot-reloaded
+ *   KubeSecretCertificates (Kubernetes mode) ─ the store's dynamic hosts: each route host naming a
+ *                      TLS Secret (tlsSecret) gets that Secret of the ingress's own namespace
  *   IngressServer ──── HTTPS (+ HTTP redirect) → route → the mesh via the proxy's sendToService
  *   AdminServer ────── loopback: healthz, readyz, metrics, state
  *
  * Everything reused from the node proxy comes through proxy/index.ts (balancer, upstream mTLS
  * pools, forwarding and retries, identity manager, admin endpoint) — nothing is copied.
+ *
+ * Kubernetes mode (`kube`): the ingress joins with its projected ServiceAccount token
+ * (serviceAccountTokenFile) and takes route hosts' certificates from TLS Secrets. The Kubernetes
+ * client (~75 MiB and ~0.6 s to load) is imported only then: kube-secrets.js is loaded in start().
  */
 import { readFile } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
+import type { KubeConfig } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
 import { systemClock, type Clock } from '../core/clock.js';
 import { ControlClient, type Timers } from '../core/control/index.js';
@@ -23,6 +30,7 @@ import { WardError } from '../core/errors.js';
 import type { IngressRoute, ViewState } from '../core/protocol/index.js';
 import { AdminServer, EndpointSet, IdentityManager, MeshView, RetryBudget, Upstreams } from '../proxy/index.js';
 import { CertificateStore, type CertificateSource } from './certificates.js';
+import type { KubeSecretCertificates } from './kube-secrets.js';
 import { IngressMetrics } from './metrics.js';
 import { RouteTable, type RouteBackend } from './routes.js';
 import { INGRESS_TLS, IngressServer, type IngressLimits } from './server.js';
@@ -32,6 +40,22 @@ export interface IngressOptions {
   discoveryUrl: string;
   bundle: TrustBundle;
   joinToken?: string;
+  /**
+   * Kubernetes mode's join: the projected ServiceAccount token file (audience ward), read afresh at
+   * each join; the CA attests it (TokenReview). Instead of joinToken.
+   */
+  serviceAccountTokenFile?: string;
+  /**
+   * Kubernetes mode: route hosts whose route names a TLS Secret (tlsSecret) are served with that
+   * Secret of `namespace` (the ingress's own, ward-system), listed and watched through kubeConfig.
+   * Without it, routes' tlsSecret are ignored (one warning).
+   */
+  kube?: {
+    kubeConfig: KubeConfig;
+    namespace: string;
+    /** The Secret watch's restart backoff (default kube-secrets DEFAULT_SECRET_WATCH_BACKOFF). */
+    backoff?: { initialMs: number; maxMs: number };
+  };
   stateDir?: string;
   ttl?: string;
   https: { host: string; port: number };
@@ -59,6 +83,14 @@ export interface IngressOptions {
   controlBackoff?: { initialMs: number; maxMs: number };
 }
 
+/** A pushed state, validated and compiled (#build), ready to apply. */
+interface Built {
+  view: MeshView;
+  routes: RouteTable;
+  /** Route host → the TLS Secret its route names (Kubernetes mode). */
+  tlsSecrets: ReadonlyMap<string, string>;
+}
+
 export interface IngressAddresses {
   https: AddressInfo;
   http?: AddressInfo;
@@ -77,7 +109,10 @@ export class Ingress {
   readonly #balancers = new Map<string, EndpointSet>();
   #view: MeshView;
   #routes: RouteTable;
-  #candidate: { view: MeshView; routes: RouteTable; version: number } | undefined;
+  #candidate: (Built & { version: number }) | undefined;
+  #kube: KubeSecretCertificates | undefined;
+  #tlsSecrets: ReadonlyMap<string, string> = new Map();
+  #warnedTlsSecrets = false;
   #server: IngressServer | undefined;
   #admin: AdminServer | undefined;
   #control: ControlClient | undefined;
@@ -98,6 +133,7 @@ export class Ingress {
       identity: SpiffeId.ingress(td).toString(),
       bundle: o.bundle,
       joinToken: o.joinToken,
+      serviceAccountTokenFile: o.serviceAccountTokenFile,
       stateDir: o.stateDir,
       ttl: o.ttl,
       clock: this.#clock,
@@ -155,6 +191,23 @@ export class Ingress {
     });
     const listening = await this.#server.listen(this.#o.https, this.#o.http);
     this.#addresses = { ...listening, admin };
+    // Started once listening (a failed listen leaves nothing running) and before the first routes.
+    const kubeModule = this.#o.kube !== undefined ? await import('./kube-secrets.js') : undefined;
+    // (Not when close() came during the import: nothing would stop it.)
+    if (this.#o.kube !== undefined && kubeModule !== undefined && this.#closing === undefined) {
+      const { KubeSecretCertificates } = kubeModule;
+      this.#kube = new KubeSecretCertificates({
+        kubeConfig: this.#o.kube.kubeConfig,
+        namespace: this.#o.kube.namespace,
+        store: this.#certs,
+        logger: this.#o.logger,
+        registry: this.#o.registry,
+        clock: this.#clock,
+        timers: this.#o.timers,
+        backoff: this.#o.kube.backoff,
+      });
+      this.#kube.start();
+    }
     const td = this.#o.bundle.trustDomain;
     this.#control = new ControlClient({
       url: this.#o.discoveryUrl,
@@ -171,7 +224,7 @@ export class Ingress {
     this.#control.on('update', (state) => {
       const built = this.#candidate?.version === state.version ? this.#candidate : this.#build(state);
       this.#candidate = undefined;
-      this.#apply(built.view, built.routes);
+      this.#apply(built);
     });
     this.#control.on('rejected', (frame, err) => this.#log.warn({ version: frame.version, err: err.message }, 'refused a configuration version from the pool; keeping the previous one'));
     this.#control.start();
@@ -189,21 +242,41 @@ export class Ingress {
       } catch (err) {
         throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: ${file}: ${(err as Error).message}`, { cause: err });
       }
-      if (!this.#certs.select(host) && !this.#o.internalHosts?.includes(host.toLowerCase())) throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: no certificate is configured for that host`);
+      // In Kubernetes mode a host's certificate may come from a Secret later, so it cannot be checked here.
+      if (!this.#certs.select(host) && !this.#o.internalHosts?.includes(host.toLowerCase()) && this.#o.kube === undefined) throw new WardError('WARD_CONFIG_INVALID', `client CA for ${host}: no certificate is configured for that host`);
       out.set(host.toLowerCase(), certs);
     }
     return out;
   }
 
-  /** Validates a pushed state whole: endpoints and bundle (MeshView) and the routes (RouteTable). */
-  #build(state: ViewState): { view: MeshView; routes: RouteTable } {
+  /**
+   * Validates a pushed state whole: endpoints and bundle (MeshView) and the routes (RouteTable).
+   * The routes' TLS Secrets are not judged here: a Secret a route names that is missing or unusable
+   * makes that host unready, not the whole version refused.
+   */
+  #build(state: ViewState): Built {
     const view = MeshView.from(state, { trustDomain: this.#o.bundle.trustDomain, clusterDomain: this.#o.clusterDomain });
     const routes: IngressRoute[] = [];
     for (const r of state.resources.values()) if (r.kind === 'route') routes.push(r.value as IngressRoute);
-    return { view, routes: new RouteTable(routes, this.#o.defaultBackend ? { defaultBackend: this.#o.defaultBackend } : undefined) };
+    const table = new RouteTable(routes, this.#o.defaultBackend ? { defaultBackend: this.#o.defaultBackend } : undefined);
+    // host → Secret name. Several routes for one host: the first naming a Secret wins (the pool
+    // sends one route per host, so this does not happen in practice).
+    const tlsSecrets = new Map<string, string>();
+    for (const r of routes) {
+      if (r.tlsSecret === undefined || tlsSecrets.has(r.host)) continue;
+      tlsSecrets.set(r.host, typeof r.tlsSecret === 'string' ? r.tlsSecret : String(r.tlsSecret));
+    }
+    return { view, routes: table, tlsSecrets };
   }
 
-  #apply(view: MeshView, routes: RouteTable): void {
+  #apply({ view, routes, tlsSecrets }: Built): void {
+    this.#tlsSecrets = tlsSecrets;
+    if (this.#kube !== undefined) {
+      this.#kube.setWanted(tlsSecrets);
+    } else if (tlsSecrets.size > 0 && !this.#warnedTlsSecrets) {
+      this.#warnedTlsSecrets = true;
+      this.#log.warn({ hosts: [...tlsSecrets.keys()].slice(0, 20) }, 'routes name TLS Secrets, but the ingress is not in Kubernetes mode (--kube); ignoring them');
+    }
     if (view.bundle) {
       const pem = view.bundle.toPem();
       if (pem !== this.#bundlePem) {
@@ -235,7 +308,10 @@ export class Ingress {
     } catch {
       reasons.push('no valid ingress certificate');
     }
-    for (const host of this.#certs.missing()) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
+    // Hosts served from Secrets are explained by the Secret watch (missing, wrong type, refused...).
+    const dynamic = this.#certs.dynamicHosts();
+    for (const host of this.#certs.missing()) if (!dynamic.has(host)) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
+    if (this.#kube !== undefined) reasons.push(...this.#kube.problems());
     // A certificate that expired (renewals from Ward's CA failing, or a file nobody replaced) is
     // still served — clients refuse it anyway — but the ingress is not ready with it.
     const now = this.#clock.now();
@@ -254,6 +330,7 @@ export class Ingress {
       hosts: this.#routes.hosts(),
       certificates: this.#certs.list().map((c) => ({ host: c.host, subject: c.subject, notAfter: c.notAfter.toISOString(), fingerprint: c.fingerprint, source: c.source })),
       meshCertificate: this.#identities.status(),
+      ...(this.#kube !== undefined ? { tlsSecrets: this.#kube.status() } : this.#tlsSecrets.size > 0 ? { tlsSecrets: { ignored: 'not in Kubernetes mode', hosts: [...this.#tlsSecrets.keys()] } } : {}),
       services: [...this.#view.services.keys()].map((key) => ({ service: key, endpoints: (this.#balancers.get(key)?.states() ?? []).map((e) => ({ address: e.endpoint.address, identity: e.endpoint.identity, workload: e.endpoint.workload, ejectedUntil: e.ejectedUntil })) })),
     };
   }
@@ -265,7 +342,7 @@ export class Ingress {
   close(graceMs = 5_000): Promise<void> {
     this.#closing ??= (async () => {
       await this.#server?.close(graceMs);
-      await Promise.all([this.#control?.close(), this.#upstreams.close(), this.#identities.close(), this.#admin?.close()]);
+      await Promise.all([this.#control?.close(), this.#upstreams.close(), this.#identities.close(), this.#admin?.close(), this.#kube?.close()]);
       this.#certs.close();
     })();
     return this.#closing;
