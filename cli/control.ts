@@ -27,13 +27,11 @@ import { PrivateKey, createCsr } from '../core/pki/index.js';
 import type { Credentials } from '../core/tls/index.js';
 import { CaServer, CertificateAuthority, JoinTokens, assertLoopback, readState, type CaServerLimits, type InitResult } from '../ca/index.js';
 import type { KubeConfig } from '@kubernetes/client-node';
+import type { KubeSource, KubeSourceOptions } from '../discovery/kube.js';
 import {
   DEFAULT_GRACE_MS,
   DiscoveryServer,
-  KubeAttestor,
-  KubeSource,
   LocalFileSource,
-  type KubeSourceOptions,
   MeshState,
   modelAuthorizer,
   type DiscoveryServerLimits,
@@ -134,9 +132,10 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     const what = o.config ?? 'the Kubernetes API';
     // The configuration first: an unreadable ward.yaml, or an API server that cannot be listed, must
     // not create or lock anything.
-    const source = kube
-      ? new KubeSource({ ...kube.source, kubeConfig: kube.kubeConfig, trustDomain: kube.trustDomain, namespace: kube.namespace, logger: o.logger, registry, clock })
-      : new LocalFileSource({ file: o.config!, logger: o.logger, registry, clock, ...o.source });
+    // Kubernetes mode loads the Kubernetes client (discovery/kube.ts) here, and only here.
+    const kubeParts = kube ? await import('../discovery/kube.js') : undefined;
+    const kubeSource = kube && kubeParts ? new kubeParts.KubeSource({ ...kube.source, kubeConfig: kube.kubeConfig, trustDomain: kube.trustDomain, namespace: kube.namespace, logger: o.logger, registry, clock }) : undefined;
+    const source: LocalFileSource | KubeSource = kubeSource ?? new LocalFileSource({ file: o.config!, logger: o.logger, registry, clock, ...o.source });
     cleanups.push(() => source.close());
     const initial = await source.start();
 
@@ -222,7 +221,7 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     });
 
     const meshStatus = () => {
-      if (source instanceof KubeSource) return { ...discovery.meshStatus(), kubernetes: source.status() };
+      if (kubeSource || !(source instanceof LocalFileSource)) return { ...discovery.meshStatus(), kubernetes: kubeSource?.status() };
       const s = source.status();
       return {
         // What `ward status` reads: discovery's MeshStatus (clients, nodes, services, workloads).
@@ -245,8 +244,8 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
       authorizer: modelAuthorizer(() => state.model),
       // Kubernetes mode: joins with a projected ServiceAccount token, checked with TokenReview
       // against the pods the source sees (the pod, its UID, service account and node).
-      ...(kube && source instanceof KubeSource
-        ? { attestor: new KubeAttestor({ kubeConfig: kube.kubeConfig, trustDomain, namespace: kube.namespace, pods: source, logger: o.logger, registry }) }
+      ...(kube && kubeParts && kubeSource
+        ? { attestor: new kubeParts.KubeAttestor({ kubeConfig: kube.kubeConfig, trustDomain, namespace: kube.namespace, pods: kubeSource, logger: o.logger, registry }) }
         : {}),
       clock,
       logger: o.logger,
@@ -399,7 +398,7 @@ Example:
     const m = /^([a-z0-9][-a-z0-9]{0,62})\/([a-z0-9][-.a-z0-9]{0,252})$/.exec(caSecret);
     if (kubeMode && !m) throw new WardError('WARD_USAGE', `--ca-secret wants NAMESPACE/NAME, got ${JSON.stringify(caSecret.slice(0, 100))}`);
     const kube = kubeMode
-      ? { kubeConfig: kubeConfigArg(args), namespace: String(args.values.namespace), trustDomain: parseTrustDomain(String(args.values['trust-domain'])), caSecret: { namespace: m![1], name: m![2] } }
+      ? { kubeConfig: await kubeConfigArg(optional(args, 'kube-server'), optional(args, 'kubeconfig'), io.env ?? process.env), namespace: String(args.values.namespace), trustDomain: parseTrustDomain(String(args.values['trust-domain'])), caSecret: { namespace: m![1], name: m![2] } }
       : undefined;
     // Every flag is checked before anything is created, opened or bound.
     const listen = hostPort(String(args.values.listen), '--listen');

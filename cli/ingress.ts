@@ -1,5 +1,3 @@
-import type { KubeConfig } from '@kubernetes/client-node';
-import { isLoopback } from '../core/address.js';
 import { WardError } from '../core/errors.js';
 import { routeHostError } from '../core/hostname.js';
 import { systemClock } from '../core/clock.js';
@@ -10,6 +8,7 @@ import { Ingress, type CertificateSource } from '../ingress/index.js';
 import { EXIT_OK, durationFlag, optional, type Command } from './command.js';
 import { adminAddressArg, hostPort, hostText, listenError, logLevelArg } from './ca.js';
 import { bundleArg, controlPlaneUrls, runUntilSignal, tokenArg } from './member.js';
+import { kubeConfigArg } from './kube.js';
 
 /** The token may also come from the environment, so that it never shows in `ps`. */
 const TOKEN_ENV = 'WARD_INGRESS_TOKEN';
@@ -20,69 +19,6 @@ export const INGRESS_DEFAULTS = { https: '127.0.0.1:10443', http: '127.0.0.1:100
 export const KUBE_DEFAULTS = { namespace: 'ward-system', tokenFile: '/var/run/secrets/ward/token' } as const;
 
 const NAMESPACE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-
-/**
- * The Kubernetes API client configuration of --kube: --kube-server URL (no credentials; tests and
- * `kubectl proxy`), --kubeconfig FILE, else the pod's in-cluster configuration (its ServiceAccount
- * token and CA). Plain http only to a loopback address: the Secrets' private keys travel on it.
- * The client library (~75 MiB) is loaded only here, in Kubernetes mode.
- */
-async function kubeConfigArg(server: string | undefined, file: string | undefined, env: NodeJS.ProcessEnv): Promise<KubeConfig> {
-  if (server !== undefined && file !== undefined) throw new WardError('WARD_USAGE', 'give either --kube-server URL or --kubeconfig FILE, not both');
-  const { KubeConfig } = await import('@kubernetes/client-node');
-  const kc = new KubeConfig();
-  let what: string;
-  if (server !== undefined) {
-    let url: URL;
-    try {
-      url = new URL(server);
-    } catch {
-      throw new WardError('WARD_USAGE', `--kube-server wants a URL such as https://10.0.0.1:6443, got "${server}"`);
-    }
-    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.username !== '' || url.password !== '' || (url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '') {
-      throw new WardError('WARD_USAGE', `--kube-server wants http(s)://HOST[:PORT] with nothing else, got "${server}"`);
-    }
-    kc.loadFromOptions({
-      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: false }],
-      users: [{ name: 'ward' }],
-      contexts: [{ name: 'ward', cluster: 'ward', user: 'ward' }],
-      currentContext: 'ward',
-    });
-    what = '--kube-server';
-  } else if (file !== undefined) {
-    try {
-      kc.loadFromFile(file);
-    } catch (err) {
-      throw new WardError('WARD_CONFIG_INVALID', `--kubeconfig ${file}: ${(err as Error).message}`, { cause: err });
-    }
-    what = `--kubeconfig ${file}`;
-  } else {
-    if (!env.KUBERNETES_SERVICE_HOST || !env.KUBERNETES_SERVICE_PORT) {
-      throw new WardError('WARD_USAGE', '--kube: not in a Kubernetes pod (KUBERNETES_SERVICE_HOST/PORT are not set); give --kubeconfig FILE or --kube-server URL');
-    }
-    kc.loadFromCluster();
-    what = 'the in-cluster configuration';
-  }
-  const cluster = kc.getCurrentCluster();
-  if (cluster === null) throw new WardError('WARD_CONFIG_INVALID', `${what}: no current cluster`);
-  let url: URL;
-  try {
-    url = new URL(cluster.server);
-  } catch {
-    throw new WardError('WARD_CONFIG_INVALID', `${what}: the cluster's server "${cluster.server}" is not a URL`);
-  }
-  const host = url.hostname.replace(/^\[|\]$/g, '');
-  if (url.protocol === 'http:' && !isLoopback(host)) {
-    throw new WardError(server !== undefined ? 'WARD_USAGE' : 'WARD_CONFIG_INVALID', `${what}: plain http to the Kubernetes API is allowed only to a loopback address, not ${url.host} (use https)`);
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new WardError('WARD_CONFIG_INVALID', `${what}: the cluster's server must be http(s), got ${url.protocol}`);
-  if (url.protocol === 'http:' && !cluster.skipTLSVerify) {
-    // client-node refuses an http:// server unless skipTLSVerify is set (its way of saying plain
-    // http is meant); there is no TLS to verify, and the address is loopback (checked above).
-    kc.clusters = kc.clusters.map((c) => (c === cluster ? { ...c, skipTLSVerify: true } : c));
-  }
-  return kc;
-}
 
 /** --cert HOST=CERT.pem,KEY.pem and --pfx HOST=BUNDLE.p12[,PASSPHRASE-FILE] → sources. */
 function certificateSources(certs: string[], pfxs: string[]): CertificateSource[] {

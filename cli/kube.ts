@@ -2,12 +2,13 @@
  * Kubernetes mode helpers for the composition roots (`ward control --kube`, `ward ingress --kube`):
  * how to reach the API, and the CA material kept in the Secret ward-ca.
  */
-import { CoreV1Api, KubeConfig, type V1ConfigMap, type V1Secret } from '@kubernetes/client-node';
+// Types only at load time: the client library (~75 MiB) is loaded by the functions below, in
+// Kubernetes mode only, so that every other `ward` command starts without it.
+import type { KubeConfig, V1ConfigMap, V1Secret } from '@kubernetes/client-node';
 import { isLoopback } from '../core/address.js';
 import { WardError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
 import { exportCaMaterial, importCaMaterial, readState } from '../ca/index.js';
-import { optional, type ParsedArgs } from './command.js';
 
 /** The flags every Kubernetes-mode command takes (spread into its options). */
 export const KUBE_OPTIONS = {
@@ -24,47 +25,68 @@ export const KUBE_HELP = `  --kube                  Kubernetes mode: the Kuberne
   --namespace NS          Ward's own namespace (default ward-system)`;
 
 /**
- * The KubeConfig the flags name: --kube-server URL (no credentials; http only to loopback),
- * --kubeconfig FILE, else the in-cluster ServiceAccount (KUBERNETES_SERVICE_HOST and the mounted token).
+ * The Kubernetes API client configuration of --kube: --kube-server URL (no credentials; tests and
+ * `kubectl proxy`), --kubeconfig FILE, else the pod's in-cluster configuration (its ServiceAccount
+ * token and CA). Plain http only to a loopback address: the Secrets' private keys travel on it.
+ * The client library (~75 MiB) is loaded only here, in Kubernetes mode.
  */
-export function kubeConfigArg(args: ParsedArgs): KubeConfig {
+export async function kubeConfigArg(server: string | undefined, file: string | undefined, env: NodeJS.ProcessEnv): Promise<KubeConfig> {
+  if (server !== undefined && file !== undefined) throw new WardError('WARD_USAGE', 'give either --kube-server URL or --kubeconfig FILE, not both');
+  const { KubeConfig } = await import('@kubernetes/client-node');
   const kc = new KubeConfig();
-  const server = optional(args, 'kube-server');
-  const file = optional(args, 'kubeconfig');
-  if (server !== undefined && file !== undefined) throw new WardError('WARD_USAGE', 'give --kube-server or --kubeconfig, not both');
+  let what: string;
   if (server !== undefined) {
     let url: URL;
     try {
       url = new URL(server);
     } catch {
-      throw new WardError('WARD_USAGE', `--kube-server ${JSON.stringify(server.slice(0, 100))} is not a URL`);
+      throw new WardError('WARD_USAGE', `--kube-server wants a URL such as https://10.0.0.1:6443, got "${server}"`);
     }
-    const host = url.hostname.replace(/^\[|\]$/g, '');
-    if (url.protocol === 'http:' && !isLoopback(host)) throw new WardError('WARD_USAGE', '--kube-server: plain http is allowed only to a loopback address (a test API server); use https');
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new WardError('WARD_USAGE', '--kube-server must be an http(s) URL');
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.username !== '' || url.password !== '' || (url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '') {
+      throw new WardError('WARD_USAGE', `--kube-server wants http(s)://HOST[:PORT] with nothing else, got "${server}"`);
+    }
     kc.loadFromOptions({
-      // client-node refuses a plain http:// server unless skipTLSVerify is set (there is no TLS to verify).
-      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: url.protocol === 'http:' }],
+      clusters: [{ name: 'ward', server: url.origin, skipTLSVerify: false }],
       users: [{ name: 'ward' }],
       contexts: [{ name: 'ward', cluster: 'ward', user: 'ward' }],
       currentContext: 'ward',
     });
-    return kc;
-  }
-  if (file !== undefined) {
+    what = '--kube-server';
+  } else if (file !== undefined) {
     try {
       kc.loadFromFile(file);
     } catch (err) {
-      throw new WardError('WARD_CONFIG_INVALID', `cannot read the kubeconfig ${file}: ${(err as Error).message}`, { cause: err });
+      throw new WardError('WARD_CONFIG_INVALID', `--kubeconfig ${file}: ${(err as Error).message}`, { cause: err });
     }
-    return kc;
+    what = `--kubeconfig ${file}`;
+  } else {
+    if (!env.KUBERNETES_SERVICE_HOST || !env.KUBERNETES_SERVICE_PORT) {
+      throw new WardError('WARD_USAGE', '--kube: not in a Kubernetes pod (KUBERNETES_SERVICE_HOST/PORT are not set); give --kubeconfig FILE or --kube-server URL');
+    }
+    kc.loadFromCluster();
+    what = 'the in-cluster configuration';
   }
-  if (!process.env.KUBERNETES_SERVICE_HOST) {
-    throw new WardError('WARD_USAGE', '--kube outside a pod needs --kubeconfig FILE or --kube-server URL (no in-cluster ServiceAccount found)');
+  const cluster = kc.getCurrentCluster();
+  if (cluster === null) throw new WardError('WARD_CONFIG_INVALID', `${what}: no current cluster`);
+  let url: URL;
+  try {
+    url = new URL(cluster.server);
+  } catch {
+    throw new WardError('WARD_CONFIG_INVALID', `${what}: the cluster's server "${cluster.server}" is not a URL`);
   }
-  kc.loadFromCluster();
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  if (url.protocol === 'http:' && !isLoopback(host)) {
+    throw new WardError(server !== undefined ? 'WARD_USAGE' : 'WARD_CONFIG_INVALID', `${what}: plain http to the Kubernetes API is allowed only to a loopback address, not ${url.host} (use https)`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new WardError('WARD_CONFIG_INVALID', `${what}: the cluster's server must be http(s), got ${url.protocol}`);
+  if (url.protocol === 'http:' && !cluster.skipTLSVerify) {
+    // client-node refuses an http:// server unless skipTLSVerify is set (its way of saying plain
+    // http is meant); there is no TLS to verify, and the address is loopback (checked above).
+    kc.clusters = kc.clusters.map((c) => (c === cluster ? { ...c, skipTLSVerify: true } : c));
+  }
   return kc;
 }
+
 
 /** The HTTP status of a client-node API error, when it is one. */
 export function kubeStatus(err: unknown): number | undefined {
@@ -88,6 +110,7 @@ export interface CaSecretOptions {
  * and refused when it differs (two sources of truth for the root).
  */
 export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored' | 'absent' | 'same'> {
+  const { CoreV1Api } = await import('@kubernetes/client-node');
   const api = o.kubeConfig.makeApiClient(CoreV1Api);
   let secret: V1Secret;
   try {
@@ -115,6 +138,7 @@ export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored
  * restores the winner's material, so two replicas never run two roots.
  */
 export async function saveCaToSecret(o: CaSecretOptions & { create: boolean }): Promise<void> {
+  const { CoreV1Api } = await import('@kubernetes/client-node');
   const api = o.kubeConfig.makeApiClient(CoreV1Api);
   const files = await exportCaMaterial(o.stateDir);
   const data = Object.fromEntries(Object.entries(files).map(([k, v]) => [k, v.toString('base64')]));
@@ -147,6 +171,7 @@ export const BUNDLE_CONFIGMAP = 'ward-bundle';
  * from the discovery pool), so a failure here is logged by the caller and retried on the next change.
  */
 export async function publishBundle(o: { kubeConfig: KubeConfig; namespace: string; pem: string; logger: Logger }): Promise<void> {
+  const { CoreV1Api } = await import('@kubernetes/client-node');
   const api = o.kubeConfig.makeApiClient(CoreV1Api);
   const body: V1ConfigMap = {
     apiVersion: 'v1',

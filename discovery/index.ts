@@ -65,9 +65,7 @@ export type {
   StreamClientInfo,
   WorkloadMeshStatus,
 } from './push/health.js';
-export { KubeAttestor, DEFAULT_TOKEN_REVIEW_TIMEOUT_MS, DEFAULT_WARD_NAMESPACE, MAX_SERVICE_ACCOUNT_TOKEN_LENGTH, PROXY_SERVICE_ACCOUNT, WARD_TOKEN_AUDIENCE } from './kube-attestor.js';
-export type { AttestationPods, AttestedPod, KubeAttestorOptions } from './kube-attestor.js';
-export { KubeSource, KUBE_RESOURCES, KUBE_POLICY_GROUP, KUBE_POLICY_VERSION, KUBE_POLICY_PLURAL } from './kube-source.js';
-export type { KubeInformerStatus, KubeResource, KubeSourceEvents, KubeSourceOptions, KubeSourceStatus } from './kube-source.js';
+// KubeSource and KubeAttestor (which load @kubernetes/client-node, ~75 MiB) are in discovery/kube.ts,
+// imported only in Kubernetes mode. The pure translation below loads nothing.
 export { modelFromKube, podInfo, isOptedIn, isProxyPod, isWardIngress, servicePortProtocol, KUBE_WARD_NAMESPACE, MESH_LABEL, INGRESS_CLASS } from './kube-model.js';
 export type { KubeModelOptions, KubeModelResult, KubeObjects, KubePod, KubePodInfo, KubeProblem } from './kube-model.js';

@@ -17,7 +17,8 @@
  *    that needs a proxy belongs in test/integration.
  *
  * 2. Public entry points. Outside a folder, that folder is reached only through its index.ts
- *    (so ingress sees proxy only through proxy/index.ts). core is the shared kernel and is
+ *    (so ingress sees proxy only through proxy/index.ts), or through its kube.ts: the Kubernetes
+ *    parts that load @kubernetes/client-node, kept apart so that local mode never loads them. core is the shared kernel and is
  *    reached through one of:
  *      core/index.ts, core/<area>/index.ts (e.g. core/pki/index.ts), or a top-level file
  *      core/<file>.ts (e.g. core/errors.ts, core/clock.ts)
@@ -74,7 +75,7 @@ function entryPointError(layer: Layer, target: string): string | undefined {
     const ok = (inside.length === 1) || (inside.length === 2 && inside[1] === 'index');
     return ok ? undefined : 'outside core, import core/index.ts, core/<area>/index.ts or a top-level core/<file>.ts';
   }
-  return inside.length === 1 && inside[0] === 'index' ? undefined : `outside ${layer}, import only ${layer}/index.ts`;
+  return inside.length === 1 && (inside[0] === 'index' || inside[0] === 'kube') ? undefined : `outside ${layer}, import only ${layer}/index.ts (or ${layer}/kube.ts)`;
 }
 
 /** Checks one import specifier written in `file` (repo-relative POSIX path); returns the broken rule or undefined. */
