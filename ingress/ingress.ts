@@ -308,14 +308,20 @@ export class Ingress {
     } catch {
       reasons.push('no valid ingress certificate');
     }
-    // Hosts served from Secrets are explained by the Secret watch (missing, wrong type, refused...).
+    // Hosts served from Secrets (Kubernetes mode) are NOT readiness conditions: an Ingress anywhere
+    // in the cluster naming a missing or broken Secret would otherwise take every replica out of
+    // service for every host. They show in /v1/state (tlsSecrets) and ward_ingress_tls_secret_problems;
+    // readiness waits only for the first list of the Secrets.
     const dynamic = this.#certs.dynamicHosts();
     for (const host of this.#certs.missing()) if (!dynamic.has(host)) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
-    if (this.#kube !== undefined) reasons.push(...this.#kube.problems());
-    // A certificate that expired (renewals from Ward's CA failing, or a file nobody replaced) is
-    // still served — clients refuse it anyway — but the ingress is not ready with it.
+    if (this.#kube !== undefined && !this.#kube.status().synced) reasons.push(`the TLS Secrets of namespace ${this.#kube.status().namespace} are not listed yet`);
+    // A certificate the operator configured (file, internal name) that expired — renewals from
+    // Ward's CA failing, or a file nobody replaced — is still served (clients refuse it anyway), but
+    // the ingress is not ready with it.
     const now = this.#clock.now();
-    for (const c of this.#certs.list()) if (c.notAfter.getTime() <= now) reasons.push(`the certificate for ${c.host} expired at ${c.notAfter.toISOString()}`);
+    for (const c of this.#certs.list()) {
+      if (!dynamic.has(c.host) && c.notAfter.getTime() <= now) reasons.push(`the certificate for ${c.host} expired at ${c.notAfter.toISOString()}`);
+    }
     return { ready: reasons.length === 0, reasons };
   }
 

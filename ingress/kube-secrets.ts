@@ -46,7 +46,7 @@
 import { EventEmitter } from 'node:events';
 import { createHash } from 'node:crypto';
 import { CoreV1Api, ListWatch, Watch, type KubeConfig, type V1Secret, type V1SecretList } from '@kubernetes/client-node';
-import { Counter, type Registry } from 'prom-client';
+import { Counter, Gauge, type Registry } from 'prom-client';
 import { systemClock, type Clock } from '../core/clock.js';
 import { systemTimers, type Timers } from '../core/control/index.js';
 import { WardError } from '../core/errors.js';
@@ -190,6 +190,20 @@ export class KubeSecretCertificates extends EventEmitter<KubeSecretCertificatesE
       this.#restartsMetric =
         (o.registry.getSingleMetric(name) as Counter | undefined) ??
         new Counter({ name, help: "Restarts of the ingress's list/watch of TLS Secrets after a failure", registers: [o.registry] });
+      const problems = 'ward_ingress_tls_secret_problems';
+      if (o.registry.getSingleMetric(problems) === undefined) {
+        // Read at scrape time: route hosts whose Secret is missing or unusable with nothing served.
+        // (Not a readiness condition: one tenant's missing Secret must not take the ingress out.)
+        const source = this;
+        new Gauge({
+          name: problems,
+          help: 'Route hosts whose TLS Secret is missing or unusable, with no certificate served for them',
+          registers: [o.registry],
+          collect() {
+            this.set(source.problems().length);
+          },
+        });
+      }
     }
     this.#onRefused = (host, reason) => {
       if (this.#providing === host) this.#refusal = reason;
