@@ -13,7 +13,7 @@ import { createRegistry, type Registry } from '../core/metrics.js';
 import { captureLogs, type LogCapture } from '../test/helpers/ca.js';
 import { kubeConfigFor, startKubeApi, type KubeApiServer, type TokenInfo } from '../test/helpers/kube-api.js';
 import { KUBE_API_USAGE } from './kube-api-usage.js';
-import { KubeAttestor, type AttestedPod } from './kube-attestor.js';
+import { KubeAttestor, MAX_CONCURRENT_TOKEN_REVIEWS, type AttestedPod } from './kube-attestor.js';
 
 const TD = 'cluster.local';
 const NS = 'ward-system';
@@ -175,11 +175,38 @@ describe('KubeAttestor', () => {
     const e = await env();
     const t = e.token('proxy', PROXY_USER, PROXY_POD);
     for (const phase of ['Pending', 'Succeeded', 'Failed', 'Unknown', undefined]) {
-      e.pods.set(NS, PROXY_POD.name, { uid: PROXY_POD.uid, serviceAccount: 'ward-proxy', nodeName: 'node-1', phase });
+      e.pods.set(NS, PROXY_POD.name, { uid: PROXY_POD.uid, serviceAccount: 'ward-proxy', nodeName: 'node-1', phase, labels: { 'app.kubernetes.io/name': 'ward-proxy' } });
       expect(await e.outcome(t, 'node-1'), String(phase)).toBe(FORBIDDEN);
     }
-    e.pods.set(NS, PROXY_POD.name, { uid: PROXY_POD.uid, serviceAccount: 'ward-proxy', nodeName: 'node-1', phase: 'Running' });
+    e.pods.set(NS, PROXY_POD.name, { uid: PROXY_POD.uid, serviceAccount: 'ward-proxy', nodeName: 'node-1', phase: 'Running', labels: { 'app.kubernetes.io/name': 'ward-proxy' } });
     expect(await e.outcome(t, 'node-1')).toBe(NODE_1);
+  });
+
+  it('refuses a ward-proxy pod without the node-proxy label (the model would not count its node either)', async () => {
+    const e = await env();
+    const t = e.token('proxy', PROXY_USER, PROXY_POD);
+    e.pods.set(NS, PROXY_POD.name, { uid: PROXY_POD.uid, serviceAccount: 'ward-proxy', nodeName: 'node-1', labels: { 'app.kubernetes.io/name': 'something-else' } });
+    expect(await e.outcome(t, 'node-1')).toBe(FORBIDDEN);
+    expect(e.logs.records().some((r) => /lacks the label app\.kubernetes\.io\/name: ward-proxy/.test(String(r.reason)))).toBe(true);
+  });
+
+  it(`answers WARD_CA_UNAVAILABLE at once past ${MAX_CONCURRENT_TOKEN_REVIEWS} TokenReviews in flight, and takes joins again as they finish`, async () => {
+    // A listener that accepts and never answers: every review stays in flight until its deadline.
+    const sockets = new Set<Socket>();
+    const hung = createServer((s) => void sockets.add(s));
+    hung.listen(0, '127.0.0.1');
+    await once(hung, 'listening');
+    onTestFinished(() => {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((resolve) => hung.close(() => resolve()));
+    });
+    const e = await env();
+    const attestor = new KubeAttestor({ kubeConfig: kubeConfigFor({ url: `http://127.0.0.1:${(hung.address() as { port: number }).port}` }), trustDomain: TD, pods: e.pods, logger: e.logs.logger, timeoutMs: 1_000 });
+    const inFlight = Array.from({ length: MAX_CONCURRENT_TOKEN_REVIEWS }, (_, i) => attestor.attest(token(`proxy-${i}`), 'node-1').catch((err: unknown) => err));
+    await expect(attestor.attest(token('one-too-many'), 'node-1')).rejects.toMatchObject({ code: UNAVAILABLE, message: expect.stringMatching(/in flight already/) });
+    for (const r of await Promise.all(inFlight)) expect(r).toMatchObject({ code: UNAVAILABLE, message: expect.stringMatching(/no answer within/) });
+    // The slots are free again: the next attempt reaches the (hung) API server rather than the cap.
+    await expect(attestor.attest(token('after'), 'node-1')).rejects.toMatchObject({ message: expect.stringMatching(/no answer within/) });
   });
 
   it('refuses a ward-proxy pod on another node than the one named, or on none', async () => {
@@ -248,7 +275,7 @@ describe('KubeAttestor', () => {
   it('uses another namespace when configured (the pods are looked up there)', async () => {
     const api = await startKubeApi();
     onTestFinished(() => api.close());
-    const pods = new FakePods().set('mesh', 'ward-proxy-x', { uid: 'u', serviceAccount: 'ward-proxy', nodeName: 'node-9' });
+    const pods = new FakePods().set('mesh', 'ward-proxy-x', { uid: 'u', serviceAccount: 'ward-proxy', nodeName: 'node-9', labels: { 'app.kubernetes.io/name': 'ward-proxy' } });
     const attestor = new KubeAttestor({ kubeConfig: kubeConfigFor(api), trustDomain: TD, namespace: 'mesh', pods, logger: captureLogs().logger });
     const t = token('mesh-proxy');
     api.addToken(t, { audiences: ['ward'], user: { username: 'system:serviceaccount:mesh:ward-proxy', extra: { [POD_NAME]: ['ward-proxy-x'], [POD_UID]: ['u'] } } });

@@ -29,6 +29,7 @@ import { Counter, type Registry } from 'prom-client';
 import { WardError } from '../core/errors.js';
 import { INGRESS_SERVICE_ACCOUNT, SpiffeId, parseTrustDomain } from '../core/identity/index.js';
 import type { Logger } from '../core/logger.js';
+import { APP_NAME_LABEL, PROXY_APP_NAME } from './kube-model.js';
 
 /** The audience Ward's projected tokens carry (docs/kubernetes.md). */
 export const WARD_TOKEN_AUDIENCE = 'ward';
@@ -40,6 +41,12 @@ export const PROXY_SERVICE_ACCOUNT = 'ward-proxy';
 export const DEFAULT_TOKEN_REVIEW_TIMEOUT_MS = 5_000;
 /** Longest token sent to the API server; projected tokens are 1–2 KiB. */
 export const MAX_SERVICE_ACCOUNT_TOKEN_LENGTH = 16 * 1024;
+
+/**
+ * TokenReviews in flight at once, at most. Past it a join is answered 503 WARD_CA_UNAVAILABLE at
+ * once (the proxy retries with backoff): joins from many addresses cannot pile work on the API server.
+ */
+export const MAX_CONCURRENT_TOKEN_REVIEWS = 16;
 
 const POD_NAME_EXTRA = 'authentication.kubernetes.io/pod-name';
 const POD_UID_EXTRA = 'authentication.kubernetes.io/pod-uid';
@@ -87,6 +94,7 @@ export class KubeAttestor {
   readonly #attestations: Counter<'result'> | undefined;
   readonly #proxyUser: string;
   readonly #ingressUser: string;
+  #reviewing = 0;
 
   constructor(o: KubeAttestorOptions) {
     this.#trustDomain = parseTrustDomain(o.trustDomain);
@@ -147,7 +155,17 @@ export class KubeAttestor {
     if (typeof token !== 'string' || token.length === 0 || token.length > MAX_SERVICE_ACCOUNT_TOKEN_LENGTH || !/^[\x21-\x7e]+$/.test(token)) {
       return this.#unauthenticated('the ServiceAccount token is empty, too long or not printable ASCII', {});
     }
-    const status = (await this.#review(token)).status;
+    if (this.#reviewing >= MAX_CONCURRENT_TOKEN_REVIEWS) {
+      throw new WardError('WARD_CA_UNAVAILABLE', `${MAX_CONCURRENT_TOKEN_REVIEWS} attestations are in flight already; retry later`);
+    }
+    this.#reviewing++;
+    let review: V1TokenReview;
+    try {
+      review = await this.#review(token);
+    } finally {
+      this.#reviewing--;
+    }
+    const status = review.status;
     const user = status?.user;
     const username = typeof user?.username === 'string' ? user.username : undefined;
     if (status?.authenticated !== true) {
@@ -173,6 +191,11 @@ export class KubeAttestor {
     const wantSa = kind === 'proxy' ? PROXY_SERVICE_ACCOUNT : INGRESS_SERVICE_ACCOUNT;
     if (pod.serviceAccount !== wantSa) return this.#forbidden(`pod ${this.#namespace}/${podName} runs as service account ${quote(pod.serviceAccount)}, not ${wantSa}`, fields);
     if (pod.phase !== 'Running') return this.#forbidden(`pod ${this.#namespace}/${podName} is ${quote(pod.phase ?? 'in no phase')}, not Running`, fields);
+    // The same test the model uses to count a pod as a node proxy: a ward-proxy pod without the label
+    // would join, then be refused every renewal and workload certificate (its node is not a member).
+    if (kind === 'proxy' && pod.labels[APP_NAME_LABEL] !== PROXY_APP_NAME) {
+      return this.#forbidden(`pod ${this.#namespace}/${podName} lacks the label ${APP_NAME_LABEL}: ${PROXY_APP_NAME} that marks node proxies`, fields);
+    }
     if (kind === 'ingress') {
       // A caller that names a node asks for a node identity, which the ingress never has.
       if (requestedNode !== undefined) return this.#forbidden(`the ingress's token cannot join as node ${quote(requestedNode)}`, fields);
