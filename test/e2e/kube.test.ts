@@ -313,6 +313,35 @@ spec:
     expect(bad.stderr).toMatch(/spec\.action/);
   });
 
+  it('kubectl creates, labels and deletes a pod and deletes the policy: the mesh follows each step', { timeout: 60_000 }, async () => {
+    // kubectl creates the pod (as a Deployment would); the kubelet's part — scheduling and status — is
+    // written here, as the kubelet would report it.
+    const created = await runKubectl(kubeconfig, ['create', '-f', '-'], {
+      input: `apiVersion: v1
+kind: Pod
+metadata: {name: api-3, namespace: shop, labels: {app: api}}
+spec:
+  nodeName: node-b
+  serviceAccountName: api
+  containers: [{name: app, image: ward:test, ports: [{containerPort: 9090}]}]
+`,
+    });
+    expect(created.code, created.stderr).toBe(0);
+    api.patch('v1', 'Pod', 'api-3', 'shop', { status: { phase: 'Running', hostIP: NODE_B, podIP: POD.api2, conditions: [{ type: 'Ready', status: 'True' }] } });
+    await vi.waitFor(async () => expect(await apiEndpoints('a')).toEqual(['shop/api-1@node-b', 'shop/api-3@node-b']), { timeout: CONVERGE_MS, interval: 200 });
+    // Opted out with a label: withdrawn from the mesh (it keeps running, it is just not meshed).
+    const labelled = await runKubectl(kubeconfig, ['label', 'pod', 'api-3', '-n', 'shop', 'ward.dev/mesh=disabled', '--overwrite']);
+    expect(labelled.code, labelled.stderr).toBe(0);
+    await vi.waitFor(async () => expect(await apiEndpoints('a')).toEqual(['shop/api-1@node-b']), { timeout: CONVERGE_MS, interval: 200 });
+    const deleted = await runKubectl(kubeconfig, ['delete', 'pod', 'api-3', '-n', 'shop']);
+    expect(deleted.code, deleted.stderr).toBe(0);
+    expect(api.get('v1', 'Pod', 'api-3', 'shop')).toBeUndefined();
+    // The policy deleted with kubectl: POST is allowed again (no policy selects api: the mesh default).
+    const gone = await runKubectl(kubeconfig, ['delete', 'authorizationpolicy', 'api-allow-web-get', '-n', 'shop']);
+    expect(gone.code, gone.stderr).toBe(0);
+    await vi.waitFor(async () => expect((await fromPod(POD.web1, NODE_A, 'http://api.shop:8080/x', ['-X', 'POST'])).status).toBe(200), { timeout: CONVERGE_MS, interval: 200 });
+  });
+
   it('a pod moved to another node: the old node can no longer get its certificate', async () => {
     // node-b's own credentials, as its proxy saved them (key 0600 in its state directory).
     const saved = await readFile(join(proxies.b.stateDir, 'node-identity.pem'), 'utf8');
