@@ -83,9 +83,16 @@ export interface Observed {
   /** GET /healthz: the CA can issue, or why not. */
   health?: { ok: boolean; reason?: string };
   /** Absent for a bare CA (`ward ca serve`). */
-  mesh?: MeshStatus & { config?: ConfigState };
+  mesh?: MeshStatus & { config?: ConfigState; kubernetes?: KubeState };
   /** `mesh` was present but not in a form this version understands. */
   meshUnreadable?: boolean;
+}
+
+/** What `ward control --kube` reports under mesh.kubernetes (discovery KubeSource.status()). */
+interface KubeState {
+  synced?: boolean;
+  problems?: number;
+  informers?: { resource: string; state: string; synced: boolean; restarts: number; lastError?: { message: string } }[];
 }
 
 const G_CONTROL = 'control plane';
@@ -125,6 +132,28 @@ export function judgeMesh(o: Observed, now: number, t: CheckThresholds): CheckRe
       rejected ? 'warn' : 'ok',
       rejected ? `the last edit of ${config.file ?? 'ward.yaml'} was rejected (${config.lastError}); the mesh runs on the last good configuration` : `${config.file ?? 'ward.yaml'} applied`,
       `fix ${config.file ?? 'ward.yaml'}: ward control applies it as soon as it is valid (its log names the problem)`,
+    );
+  }
+
+  const kube = o.mesh?.kubernetes;
+  if (kube !== undefined) {
+    const down = (kube.informers ?? []).filter((i) => !i.synced || i.state === 'backoff');
+    add(
+      G_CONTROL,
+      'Kubernetes API: every resource is listed and watched',
+      down.length === 0 ? 'ok' : 'fail',
+      down.length === 0
+        ? `${(kube.informers ?? []).length} informers synced`
+        : down.map((i) => `${i.resource} ${i.state}${i.lastError ? ` (${i.lastError.message.slice(0, 120)})` : ''}`).join('; '),
+      'check the API server and the ward-control ServiceAccount\'s RBAC (kubectl auth can-i list pods --as system:serviceaccount:ward-system:ward-control); the pool retries with backoff and keeps the last model',
+    );
+    const problems = kube.problems ?? 0;
+    add(
+      G_CONTROL,
+      'Kubernetes objects: none left out of the mesh',
+      problems === 0 ? 'ok' : 'warn',
+      problems === 0 ? 'every meshed object translated' : `${problems} object(s) or part(s) left out (an invalid AuthorizationPolicy, an unresolvable port, …)`,
+      'the control plane logs each one once ("left out"); fix the object with kubectl',
     );
   }
 
@@ -385,7 +414,8 @@ const check: Command = {
   help: `Usage: ward check [--server URL] [--warn-expiry DURATION] [--warn-ca-expiry DURATION] [--json]
 
 Checks the mesh from the admin endpoint of "ward control", like "linkerd check":
-  control plane          the admin endpoint answers; the latest ward.yaml edit is in force
+  control plane          the admin endpoint answers; the latest ward.yaml edit is in force (Kubernetes
+                         mode: every resource listed and watched, no object left out)
   certificate authority  the CA can issue; roots and intermediates are valid now and for more
                          than --warn-ca-expiry; no rotation step is waiting
   node proxies           every declared node's proxy is connected and acknowledged the latest
