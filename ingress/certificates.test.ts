@@ -17,6 +17,7 @@ import { ManualClock } from '../core/clock.js';
 import type { Timers } from '../core/control/index.js';
 import { isWardError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
+import { sniClient } from '../test/helpers/sni-client.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
 import { opensslOk, tempDir } from '../test/helpers/openssl.js';
@@ -159,37 +160,7 @@ async function serve(store: CertificateStore): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-/** Connects with SNI `servername`, verifying the chain against the test CA and the name as a browser does. */
-async function connect(port: number, servername: string): Promise<TLSSocket> {
-  const socket = tls.connect({
-    host: '127.0.0.1',
-    port,
-    servername,
-    ca: caPem,
-    checkServerIdentity: (_host, cert) => tls.checkServerIdentity(servername, cert),
-  });
-  onTestFinished(() => void socket.destroy());
-  await once(socket, 'secureConnect');
-  return socket;
-}
-
-/** The fingerprint the client saw, or the handshake error. */
-async function handshake(port: number, servername: string): Promise<string> {
-  try {
-    const s = await connect(port, servername);
-    const fp = s.getPeerCertificate().fingerprint256;
-    s.destroy();
-    return fp;
-  } catch (err) {
-    return `error: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
-  }
-}
-
-async function echo(socket: TLSSocket, text: string): Promise<string> {
-  socket.write(text);
-  const [chunk] = (await once(socket, 'data')) as [Buffer];
-  return chunk.toString();
-}
+const { connect, handshake, echo } = sniClient(() => caPem);
 
 async function metric(registry: Registry, name: string): Promise<{ labels: Record<string, unknown>; value: number }[]> {
   return ((await registry.getSingleMetric(name)?.get())?.values ?? []) as { labels: Record<string, unknown>; value: number }[];

@@ -14,6 +14,7 @@ import { Registry } from 'prom-client';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
+import { sniClient } from '../test/helpers/sni-client.js';
 import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
 import { kubeConfigFor, startKubeApi, type KubeApiServer, type KubeRequestRecord } from '../test/helpers/kube-api.js';
 import { CertificateStore, type CertificateSource } from './certificates.js';
@@ -137,31 +138,7 @@ async function serve(store: CertificateStore): Promise<number> {
   return (server.address() as AddressInfo).port;
 }
 
-/** Connects with SNI, verifying the chain against the test root and the name as a browser does. */
-async function connect(port: number, servername: string): Promise<TLSSocket> {
-  const socket = tls.connect({ host: '127.0.0.1', port, servername, ca: pki.rootPem, checkServerIdentity: (_h, cert) => tls.checkServerIdentity(servername, cert) });
-  onTestFinished(() => void socket.destroy());
-  await once(socket, 'secureConnect');
-  return socket;
-}
-
-/** The fingerprint a new client sees, or the handshake error. */
-async function handshake(port: number, servername: string): Promise<string> {
-  try {
-    const s = await connect(port, servername);
-    const fp = s.getPeerCertificate().fingerprint256;
-    s.destroy();
-    return fp;
-  } catch (err) {
-    return `error: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
-  }
-}
-
-async function echo(socket: TLSSocket, text: string): Promise<string> {
-  socket.write(text);
-  const [chunk] = (await once(socket, 'data')) as [Buffer];
-  return chunk.toString();
-}
+const { connect, handshake, echo } = sniClient(() => pki.rootPem);
 
 /** The API server's next request matching `filter`, bounded in time. */
 async function nextRequest(api: KubeApiServer, filter: (r: KubeRequestRecord) => boolean): Promise<KubeRequestRecord> {

@@ -1,0 +1,44 @@
+/**
+ * A TLS client for tests of SNI-selected server certificates (the ingress's CertificateStore and
+ * what feeds it): connects to 127.0.0.1 with a server name, verifying the chain against a test CA and
+ * the name as a browser does. Sockets are destroyed when the test finishes.
+ */
+import { once } from 'node:events';
+import tls, { type TLSSocket } from 'node:tls';
+import { onTestFinished } from 'vitest';
+
+export interface SniClient {
+  connect(port: number, servername: string): Promise<TLSSocket>;
+  /** The SHA-256 fingerprint a new client sees, or `error: <code>` when the handshake fails. */
+  handshake(port: number, servername: string): Promise<string>;
+  /** Writes `text` and resolves with the first chunk that comes back. */
+  echo(socket: TLSSocket, text: string): Promise<string>;
+}
+
+/** `ca` is read at each connection (a test may replace its CA). */
+export function sniClient(ca: () => string | Buffer): SniClient {
+  const connect = async (port: number, servername: string): Promise<TLSSocket> => {
+    const socket = tls.connect({ host: '127.0.0.1', port, servername, ca: ca(), checkServerIdentity: (_host, cert) => tls.checkServerIdentity(servername, cert) });
+    onTestFinished(() => void socket.destroy());
+    await once(socket, 'secureConnect');
+    return socket;
+  };
+  return {
+    connect,
+    async handshake(port, servername) {
+      try {
+        const s = await connect(port, servername);
+        const fp = s.getPeerCertificate().fingerprint256;
+        s.destroy();
+        return fp;
+      } catch (err) {
+        return `error: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`;
+      }
+    },
+    async echo(socket, text) {
+      socket.write(text);
+      const [chunk] = (await once(socket, 'data')) as [Buffer];
+      return chunk.toString();
+    },
+  };
+}
