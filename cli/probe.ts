@@ -69,6 +69,15 @@ function getOnce(url: URL, timeoutMs: number, timeoutText: string, maxBody: numb
   });
 }
 
+/** The status of one GET to an admin URL; 0 when it does not answer (within timeoutMs). For readiness waits. */
+export async function adminStatus(url: string, timeoutMs = 2_000): Promise<number> {
+  try {
+    return (await getOnce(new URL(url), timeoutMs, `${timeoutMs} ms`, 0)).status;
+  } catch {
+    return 0;
+  }
+}
+
 const probe: Command = {
   name: 'probe',
   summary: 'GET a loopback admin endpoint: exit 0 on 2xx (Kubernetes exec probes)',

@@ -1,7 +1,6 @@
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
-import { request } from 'node:http';
 import { join, resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { WardError } from '../core/errors.js';
@@ -11,6 +10,7 @@ import { EXAMPLE_WARD_YAML, parseWardYaml, type MeshModel } from '../discovery/i
 import { EXIT_OK, optional, type CliIo, type Command } from './command.js';
 import { logLevelArg } from './ca.js';
 import { INGRESS_DEFAULTS } from './ingress.js';
+import { adminStatus } from './probe.js';
 import { Supervisor } from './supervisor.js';
 
 /** Where `ward up` puts the control plane (the defaults of `ward control`). */
@@ -80,17 +80,6 @@ async function claimPidFile(stateDir: string): Promise<() => Promise<void>> {
   throw new WardError('WARD_CA_STATE_LOCKED', `could not claim ${file}`);
 }
 
-function getStatus(url: string, timeoutMs = 2_000): Promise<number> {
-  return new Promise((res) => {
-    const req = request(url, { timeout: timeoutMs }, (r) => {
-      r.resume();
-      res(r.statusCode ?? 0);
-    });
-    req.once('timeout', () => req.destroy());
-    req.once('error', () => res(0));
-    req.end();
-  });
-}
 
 function tcpOpen(host: string, port: number): Promise<boolean> {
   return new Promise((res) => {
@@ -274,7 +263,7 @@ Flags:
         command: ward.command,
         args: [...ward.args, 'control', '--state', stateDir, '--config', config, '--init', '--log-level', level],
       });
-      await until('the control plane', async () => (await getStatus(`http://127.0.0.1:${UP_PORTS.admin}/healthz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'control'));
+      await until('the control plane', async () => (await adminStatus(`http://127.0.0.1:${UP_PORTS.admin}/healthz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'control'));
       say(`✓ control plane: CA https://127.0.0.1:${UP_PORTS.ca}, discovery https://127.0.0.1:${UP_PORTS.discovery}`);
       const bundleFile = join(stateDir, 'bundle.pem');
       await writeFile(bundleFile, await bundlePem(stateDir), { mode: 0o644 });
@@ -336,7 +325,7 @@ Flags:
       }
       // 4. Ready: every proxy holds its certificates and config; every app listens.
       for (const n of model.nodes) {
-        await until(`node proxy ${n.name}`, async () => (await getStatus(`http://${n.address}:15000/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, `proxy-${n.name}`));
+        await until(`node proxy ${n.name}`, async () => (await adminStatus(`http://${n.address}:15000/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, `proxy-${n.name}`));
         say(`✓ node proxy ${n.name} ready (${n.address})`);
       }
       for (const w of apps) {
@@ -345,7 +334,7 @@ Flags:
       }
       if (apps.length) say(`✓ workloads listening: ${apps.map((w) => w.name).join(', ')}`);
       if (ingressHosts.length > 0) {
-        await until('the ingress', async () => (await getStatus(`http://${UP_INGRESS.admin}/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'ingress'));
+        await until('the ingress', async () => (await adminStatus(`http://${UP_INGRESS.admin}/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'ingress'));
         say(`✓ ingress ready: https ${UP_INGRESS.https} for ${ingressHosts.join(', ')}`);
       }
       io.stdout.write(tour(model, stateDir, source) + '\n');
