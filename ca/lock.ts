@@ -145,7 +145,10 @@ export class StateLock {
       const raw = await readText(path);
       if (raw === undefined) continue; // released meanwhile
       const current = parseLock(raw);
-      if (current && alive(current.pid)) {
+      // A lock naming THIS process is debris from an earlier life with the same pid (a container
+      // restarted after a crash: Node is pid 1 again, the state directory survived): we do not
+      // hold it yet, so it is stale. Without this the control plane would crash-loop.
+      if (current && current.pid !== process.pid && alive(current.pid)) {
         throw new WardError(
           'WARD_CA_STATE_LOCKED',
           `the CA in ${stateDir} is in use by process ${current.pid} (${current.holder}, since ${current.startedAt})` +

@@ -54,6 +54,7 @@ const ingress: Command = {
     cert: { type: 'string', multiple: true },
     pfx: { type: 'string', multiple: true },
     'internal-cert': { type: 'string', multiple: true },
+    'internal-certs': { type: 'boolean', default: false },
     'client-ca': { type: 'string', multiple: true },
     'plain-host': { type: 'string', multiple: true },
     'default-backend': { type: 'string' },
@@ -109,6 +110,8 @@ Flags:
                           and renewed in memory with the ingress identity. For INTERNAL names only:
                           just clients that trust Ward's root accept it (curl --cacert the bundle),
                           never browsers on the public internet — use --cert there (repeatable)
+  --internal-certs        the same for EVERY route host without a certificate of its own, following
+                          route changes (what "ward up" runs); not with --kube (Secrets there)
   --client-ca HOST=CA.pem mutual TLS at the edge for HOST: clients must present a certificate that
                           chains to these CAs (clientAuth usage); the verified subject and SHA-256
                           go to the backend in x-forwarded-client-cert (Hash=…;Subject="…"); a
@@ -153,8 +156,10 @@ Once listening it prints on standard error:
     }
     const namespace = optional(args, 'namespace') ?? KUBE_DEFAULTS.namespace;
     if (!NAMESPACE.test(namespace)) throw new WardError('WARD_USAGE', `--namespace wants a namespace name (a DNS label), got "${namespace}"`);
-    if (!kube && sources.length + internalHosts.length === 0) {
-      throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY, --pfx HOST=P12 or --internal-cert HOST), or run in Kubernetes mode (--kube: certificates from TLS Secrets)');
+    const internalForRoutes = args.values['internal-certs'] === true;
+    if (kube && internalForRoutes) throw new WardError('WARD_USAGE', '--internal-certs is for local mode: in Kubernetes mode route hosts get their certificates from the TLS Secrets their Ingress names');
+    if (!kube && !internalForRoutes && sources.length + internalHosts.length === 0) {
+      throw new WardError('WARD_USAGE', 'give at least one certificate (--cert HOST=CERT,KEY, --pfx HOST=P12, --internal-cert HOST or --internal-certs), or run in Kubernetes mode (--kube: certificates from TLS Secrets)');
     }
     let kubeTokenFile = optional(args, 'kube-token-file');
     if (kubeTokenFile !== undefined && (optional(args, 'token') !== undefined || optional(args, 'token-file') !== undefined)) {
@@ -202,6 +207,7 @@ Once listening it prints on standard error:
       admin,
       certificates: sources,
       internalHosts,
+      internalForRoutes,
       clientCaFiles,
       plainHosts: (args.values['plain-host'] as string[] | undefined) ?? [],
       limits: { headersTimeoutMs, maxBodyBytes },

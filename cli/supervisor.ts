@@ -19,8 +19,8 @@ export interface ChildSpec {
   command: string;
   args: string[];
   env?: NodeJS.ProcessEnv;
-  /** Recomputed before each (re)start, e.g. a fresh join token. */
-  prepare?: () => Promise<{ args?: string[] } | void>;
+  /** Recomputed before each (re)start, e.g. a fresh join token (in `env`: a command line is visible to every local user, an environment only to its owner). */
+  prepare?: () => Promise<{ args?: string[]; env?: NodeJS.ProcessEnv } | void>;
 }
 
 export interface SupervisorEvents {
@@ -99,9 +99,11 @@ export class Supervisor {
   async #spawn(m: Managed): Promise<boolean> {
     if (this.#stopping) return false;
     let args = m.spec.args;
+    let env = m.spec.env ?? process.env;
     try {
       const p = await m.spec.prepare?.();
       if (p && p.args) args = p.args;
+      if (p && p.env) env = p.env;
     } catch (err) {
       this.#say(`× ${m.spec.name}: could not prepare a start: ${(err as Error).message}`);
       // A failed attempt like a start that exited at once: without this, startedAt stays at the last
@@ -111,7 +113,7 @@ export class Supervisor {
       return false;
     }
     if (this.#stopping) return false;
-    const child = spawn(m.spec.command, args, { env: m.spec.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(m.spec.command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     m.child = child;
     m.startedAt = Date.now();
     this.#onChange?.();

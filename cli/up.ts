@@ -139,7 +139,7 @@ function tour(model: MeshModel, stateDir: string, source: string): string {
     lines.push(`  ${w.name.padEnd(15)} ${w.identity}  app ${w.address}:${w.ports.join(',')}  outbound proxy http://${w.address}:15001`);
   }
   if (model.routes.length > 0) {
-    lines.push(`  ${'ingress'.padEnd(15)} https ${UP_INGRESS.https} (http ${UP_INGRESS.http}: 308 to https), admin http://${UP_INGRESS.admin}   hosts: ${model.routes.map((r) => r.host).join(', ')}`);
+    lines.push(`  ${'ingress'.padEnd(15)} https ${UP_INGRESS.https} (http ${UP_INGRESS.http}: 308 to https), admin http://${UP_INGRESS.admin}   hosts: ${model.routes.map((r) => r.host).join(', ') || 'none yet (add ingress.routes to ward.yaml)'}`);
   }
   const svc = [...model.services];
   const from = wl[0];
@@ -182,9 +182,10 @@ Runs the whole mesh on this machine from ward.yaml, each part as its own supervi
   - one node proxy ("ward proxy") per declared node, on the node's loopback address;
   - every workload that has a "command" (argv; {address}, {port}, {name}, {namespace} and {proxy}
     are filled in, "ward" runs this ward; HTTP_PROXY/http_proxy point at its outbound proxy);
-  - when ward.yaml has ingress routes, the mesh ingress ("ward ingress") on https ${UP_INGRESS.https}
-    (http ${UP_INGRESS.http} redirects), serving every route host with a certificate from Ward's CA
-    for internal names: trusted by clients given DIR/bundle.pem (curl --cacert), not by browsers.
+  - the mesh ingress ("ward ingress") on https ${UP_INGRESS.https} (http ${UP_INGRESS.http} redirects),
+    serving every route host of ward.yaml — also hosts added while it runs — with a certificate from
+    Ward's CA for internal names: trusted by clients given DIR/bundle.pem (curl --cacert), not by
+    browsers.
 
 Which mesh: --config FILE, else ./ward.yaml when it exists, else the built-in example (two nodes,
 web and api with two replicas each running "ward echo", and policies that let web GET api and
@@ -217,6 +218,9 @@ Flags:
       throw new WardError('WARD_CONFIG_INVALID', `cannot read ${configFile}: ${err.message}`);
     }) : EXAMPLE_WARD_YAML;
     const model = parseWardYaml(text, configFile ?? 'example ward.yaml');
+    // ward up's own components are supervised under these names (and logged to DIR/logs/<name>.log).
+    const taken = model.workloads.find((w) => w.command && (w.name === 'control' || w.name === 'ingress' || w.name.startsWith('proxy-')));
+    if (taken) throw new WardError('WARD_CONFIG_INVALID', `workload "${taken.name}" has a command, and ward up runs its own components as "control", "ingress" and "proxy-<node>"; rename the workload`);
     await mkdir(join(stateDir, 'logs'), { recursive: true, mode: 0o700 });
     if (!configFile) {
       configFile = join(stateDir, 'example.ward.yaml');
@@ -277,24 +281,24 @@ Flags:
           command: ward.command,
           args: base,
           // A fresh one-time token at every start: a proxy with a valid saved identity ignores it
-          // (it expires unused), one whose identity expired while it was down joins again.
+          // (it expires unused), one whose identity expired while it was down joins again. In the
+          // environment, not on the command line (which every local user can read).
           prepare: async () => {
             await writeFile(bundleFile, await bundlePem(stateDir), { mode: 0o644 });
             const t = await tokens.create(n.name, 10 * 60_000);
-            return { args: [...base, '--token', t.token] };
+            return { env: { ...process.env, NODE_OPTIONS: '', WARD_PROXY_TOKEN: t.token } };
           },
           env: { ...process.env, NODE_OPTIONS: '' },
         });
       }
-      // 2b. The ingress, when there are routes: every route host served with an internal-name
-      // certificate from Ward's CA (ward.yaml names no certificate files).
+      // 2b. The ingress: every route host (now and after edits of ward.yaml) served with an
+      // internal-name certificate from Ward's CA (ward.yaml names no certificate files).
       const ingressHosts = model.routes.map((r) => r.host);
-      if (ingressHosts.length > 0) {
+      {
         say('… starting the mesh ingress');
         const base = [
           ...ward.args, 'ingress', '--bundle', bundleFile, '--trust-domain', model.trustDomain, '--state', join(stateDir, 'ingress'),
-          '--https', UP_INGRESS.https, '--http', UP_INGRESS.http, '--admin', UP_INGRESS.admin, '--log-level', level,
-          ...ingressHosts.flatMap((h) => ['--internal-cert', h]),
+          '--https', UP_INGRESS.https, '--http', UP_INGRESS.http, '--admin', UP_INGRESS.admin, '--log-level', level, '--internal-certs',
         ];
         await sup.start({
           name: 'ingress',
@@ -304,7 +308,7 @@ Flags:
           prepare: async () => {
             await writeFile(bundleFile, await bundlePem(stateDir), { mode: 0o644 });
             const t = await tokens.createForIngress(10 * 60_000);
-            return { args: [...base, '--token', t.token] };
+            return { env: { ...process.env, NODE_OPTIONS: '', WARD_INGRESS_TOKEN: t.token } };
           },
           env: { ...process.env, NODE_OPTIONS: '' },
         });
@@ -333,10 +337,8 @@ Flags:
         await until(`workload ${w.name}`, () => tcpOpen(w.address, w.ports[0]), deadline, () => stopping || failedAtStart(sup, w.name));
       }
       if (apps.length) say(`✓ workloads listening: ${apps.map((w) => w.name).join(', ')}`);
-      if (ingressHosts.length > 0) {
-        await until('the ingress', async () => (await adminStatus(`http://${UP_INGRESS.admin}/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'ingress'));
-        say(`✓ ingress ready: https ${UP_INGRESS.https} for ${ingressHosts.join(', ')}`);
-      }
+      await until('the ingress', async () => (await adminStatus(`http://${UP_INGRESS.admin}/readyz`)) === 200, deadline, () => stopping || failedAtStart(sup, 'ingress'));
+      say(`✓ ingress ready: https ${UP_INGRESS.https}${ingressHosts.length ? ` for ${ingressHosts.join(', ')}` : ' (no routes yet)'}`);
       io.stdout.write(tour(model, stateDir, source) + '\n');
       const signal = await stopped;
       say(`ward up: ${signal}: draining and stopping everything`);

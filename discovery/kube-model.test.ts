@@ -197,6 +197,16 @@ describe('modelFromKube: workloads', () => {
     expect(model.workloads.map((w) => `${w.namespace}/${w.name}`)).toEqual(included ? ['shop/web-1'] : []);
   });
 
+  it('a pod on the host network is left out with a problem: its address is the node\'s, shared by every process there', () => {
+    const host = pod('agent', { ip: '10.0.0.1' });
+    (host.spec as { hostNetwork?: boolean }).hostNetwork = true;
+    // Same address as its node but without the flag (what a host-network pod looks like to the API) too.
+    const alike = pod('agent-2', { ip: '10.0.0.1' });
+    const { model, problems } = build({ pods: [host, alike] });
+    expect(model.workloads).toEqual([]);
+    expect(problems.filter((p) => /host network/.test(p.reason)).map((p) => p.ref)).toEqual(['shop/agent', 'shop/agent-2']);
+  });
+
   it('a workload: identity from namespace and service account (default when unset), TCP ports sorted, all labels', () => {
     const { model } = build({
       pods: [

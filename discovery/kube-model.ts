@@ -67,6 +67,7 @@ export interface KubePod {
   spec?: {
     nodeName?: string;
     serviceAccountName?: string;
+    hostNetwork?: boolean;
     containers?: readonly { ports?: readonly KubeContainerPort[] }[];
   };
   status?: {
@@ -358,6 +359,12 @@ function buildWorkloads(
     const ref = refOf(meta);
     if (!nodes.has(node)) {
       problems.add('Pod', ref, `opted in, but no ward-proxy pod runs on its node ${shown(node)}; left out until one does`);
+      continue;
+    }
+    // A pod on the host network has the node's address: the node-wide outbound listener tells
+    // workloads apart by source address, so it would speak for every process of the node.
+    if (pod.spec?.hostNetwork === true || address === nodes.get(node)!.address) {
+      problems.add('Pod', ref, 'opted in, but it uses the host network (its address is the node\'s, shared by every process there); host-network pods cannot be meshed');
       continue;
     }
     const serviceAccount = str(pod.spec?.serviceAccountName) ?? 'default';

@@ -29,7 +29,7 @@ import { parseCertificates, type Certificate, type TrustBundle } from '../core/p
 import { WardError } from '../core/errors.js';
 import type { IngressRoute, ViewState } from '../core/protocol/index.js';
 import { AdminServer, EndpointSet, IdentityManager, MeshView, RetryBudget, Upstreams } from '../proxy/index.js';
-import { CertificateStore, type CertificateSource } from './certificates.js';
+import { CertificateStore, INTERNAL_SOURCE, type CertificateSource } from './certificates.js';
 import type { KubeSecretCertificates } from './kube-secrets.js';
 import { IngressMetrics } from './metrics.js';
 import { RouteTable, type RouteBackend } from './routes.js';
@@ -69,6 +69,12 @@ export interface IngressOptions {
    * Ward's root: for internal names, never for the public internet.
    */
   internalHosts?: readonly string[];
+  /**
+   * Every route host with no certificate of its own (no file source, no --internal-cert) is served
+   * with an internal-name certificate from Ward's CA, following route changes (added hosts get one,
+   * removed hosts are dropped). Local mode only: in Kubernetes mode the routes name TLS Secrets.
+   */
+  internalForRoutes?: boolean;
   /** Mutual TLS at the edge: host → PEM file of the CA certificates its clients must chain to. */
   clientCaFiles?: ReadonlyMap<string, string>;
   /** Hosts the plain-HTTP listener serves (routed into the mesh) instead of redirecting to HTTPS. */
@@ -153,12 +159,12 @@ export class Ingress {
   async start(): Promise<IngressAddresses> {
     await this.#certs.start();
     await this.#identities.start();
-    if (this.#o.internalHosts?.length) {
+    if (this.#o.internalHosts?.length || this.#o.internalForRoutes) {
       this.#identities.on('change', (name) => {
         const held = this.#identities.serverName(name);
         if (held) this.#certs.provide(held.host, held.chainPem, held.key.exportPem());
       });
-      this.#identities.setServerNames(this.#o.internalHosts);
+      this.#identities.setServerNames(this.#o.internalHosts ?? []);
     }
     this.#admin = new AdminServer({
       source: { ready: () => this.ready(), state: () => this.state(), renewAll: () => this.#identities.renewAll() },
@@ -271,6 +277,12 @@ export class Ingress {
 
   #apply({ view, routes, tlsSecrets }: Built): void {
     this.#tlsSecrets = tlsSecrets;
+    if (this.#o.internalForRoutes) {
+      // Route hosts without a certificate of their own get one from Ward's CA; the set follows the routes.
+      const hosts = routes.hosts().filter((h) => !this.#certs.hasStaticSource(h));
+      this.#certs.setDynamicHosts(new Map(hosts.map((h) => [h, INTERNAL_SOURCE])));
+      this.#identities.setServerNames([...(this.#o.internalHosts ?? []), ...hosts]);
+    }
     if (this.#kube !== undefined) {
       this.#kube.setWanted(tlsSecrets);
     } else if (tlsSecrets.size > 0 && !this.#warnedTlsSecrets) {
@@ -313,14 +325,17 @@ export class Ingress {
     // service for every host. They show in /v1/state (tlsSecrets) and ward_ingress_tls_secret_problems;
     // readiness waits only for the first list of the Secrets.
     const dynamic = this.#certs.dynamicHosts();
-    for (const host of this.#certs.missing()) if (!dynamic.has(host)) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
+    for (const host of this.#certs.missing()) {
+      // Internal names are the operator's own (Ward's CA issues them): a missing one is unreadiness.
+      if (!dynamic.has(host) || dynamic.get(host) === INTERNAL_SOURCE) reasons.push(`no certificate yet for ${host} (internal name, from Ward's CA)`);
+    }
     if (this.#kube !== undefined && !this.#kube.status().synced) reasons.push(`the TLS Secrets of namespace ${this.#kube.status().namespace} are not listed yet`);
     // A certificate the operator configured (file, internal name) that expired — renewals from
     // Ward's CA failing, or a file nobody replaced — is still served (clients refuse it anyway), but
     // the ingress is not ready with it.
     const now = this.#clock.now();
     for (const c of this.#certs.list()) {
-      if (!dynamic.has(c.host) && c.notAfter.getTime() <= now) reasons.push(`the certificate for ${c.host} expired at ${c.notAfter.toISOString()}`);
+      if ((!dynamic.has(c.host) || dynamic.get(c.host) === INTERNAL_SOURCE) && c.notAfter.getTime() <= now) reasons.push(`the certificate for ${c.host} expired at ${c.notAfter.toISOString()}`);
     }
     return { ready: reasons.length === 0, reasons };
   }

@@ -335,6 +335,21 @@ describe('KubeSecretCertificates: serving TLS Secrets', () => {
     expect(await handshake(port, SHOP)).toBe(again.fingerprint);
   });
 
+  it('a host that goes away and comes back with the same Secret (an Ingress deleted and re-applied) is served again', async () => {
+    const shop = pki.issue([SHOP]);
+    const { store, kube } = await setup({ before: (api) => api.create(tlsSecret('shop-tls', shop)) });
+    const port = await serve(store);
+    kube.start();
+    await until(kube as unknown as EventEmitter, 'synced');
+    kube.setWanted(new Map([[SHOP, 'shop-tls']]));
+    expect(await handshake(port, SHOP)).toBe(shop.fingerprint);
+    kube.setWanted(new Map());
+    expect(store.served(SHOP)).toBeUndefined();
+    kube.setWanted(new Map([[SHOP, 'shop-tls']]));
+    expect((await hostState(kube, SHOP, 'served')).state).toBe('served');
+    expect(await handshake(port, SHOP)).toBe(shop.fingerprint);
+  });
+
   it('follows the wanted set: hosts added, removed, moved to another Secret; a static source keeps its host', async () => {
     const a = pki.issue(['a.example.com']);
     const a2 = pki.issue(['a.example.com']);

@@ -370,7 +370,9 @@ export class KubeSecretCertificates extends EventEmitter<KubeSecretCertificatesE
     // The store drops hosts a static source serves, and hosts it cannot serve (*.com).
     const accepted = this.#store.dynamicHosts();
     for (const host of [...this.#handled.keys()]) {
-      if (accepted.get(host) !== dynamic.get(host)) {
+      // A host gone (both undefined) forgets what it was given, so that it is provided again when it
+      // comes back (the store starts it empty); and #handled never outgrows the hosts wanted now.
+      if (!accepted.has(host) || accepted.get(host) !== dynamic.get(host)) {
         this.#handled.delete(host);
         this.#unusable.delete(host);
       }

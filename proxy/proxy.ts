@@ -304,7 +304,10 @@ export class NodeProxy {
     for (const w of view.workloads.values()) for (const p of w.ports) localPorts.add(`${w.address}:${p}`);
     this.#inbound?.retainWorkloads(localPorts);
     if (this.#o.sharedOutbound) {
-      this.#bySource = new Map([...view.workloads.values()].map((w) => [w.address, { workload: w.key, identity: w.identity }]));
+      // An address two workloads claim says nothing about who speaks: neither gets it.
+      const byAddress = new Map<string, { workload: string; identity: string } | null>();
+      for (const w of view.workloads.values()) byAddress.set(w.address, byAddress.has(w.address) ? null : { workload: w.key, identity: w.identity });
+      this.#bySource = new Map([...byAddress].flatMap(([a, c]) => (c ? [[a, c] as const] : [])));
       if (!this.#outbound.has('*')) {
         const l = new OutboundListener({ bySourceAddress: (a) => this.#bySource.get(a), dataPlane: this.#dataPlane, limits: this.#o.limits?.outbound });
         this.#outbound.set('*', l);
