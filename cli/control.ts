@@ -40,7 +40,7 @@ import {
 import { adminAddressArg, hostPort, hostText, listenError, logLevelArg, reportOf } from './ca.js';
 import { EXIT_OK, durationFlag, flag, optional, required, type Command } from './command.js';
 import { POLICIES_PATH, policySnapshot } from './policy.js';
-import { KUBE_HELP, KUBE_OPTIONS, kubeConfigArg, publishBundle, restoreCaFromSecret, saveCaToSecret } from './kube.js';
+import { KUBE_HELP, KUBE_OPTIONS, kubeConfigArg, publishBundle, restoreCaFromSecret, saveCaToSecret, writeUntilDone } from './kube.js';
 
 /** Lifetime of the discovery server's own certificate (renewed at half of it), like the CA server's. */
 export const DISCOVERY_CERT_TTL_MS = 3_600_000;
@@ -146,7 +146,6 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
     if (o.init && !(await readState(o.stateDir))) {
       created = await CertificateAuthority.init({ stateDir: o.stateDir, trustDomain: initial.trustDomain, clock });
       log.info({ stateDir: o.stateDir, trustDomain: created.trustDomain }, 'created a CA');
-      if (secret) await saveCaToSecret({ ...secret, create: true });
     }
     const st = await readState(o.stateDir);
     if (!st) throw new WardError('WARD_CA_NOT_INITIALIZED', `${o.stateDir} holds no CA; create one with: ward ca init --state ${o.stateDir} --trust-domain ${initial.trustDomain} (or pass --init)`);
@@ -261,17 +260,25 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
 
     // Kubernetes mode: the bundle is published for the proxies and the ingress to mount, and after a
     // rotation step the Secret and the bundle follow (one write at a time, in order).
+    // Every write is retried until it lands (the API may be briefly unavailable, RBAC not yet
+    // propagated): a CA only in the emptyDir would be lost with the pod, and proxies wait for the
+    // bundle ConfigMap. Writes run one at a time, in order; stopping ends the retries.
+    const stopWrites = new AbortController();
     let savingSecret = Promise.resolve();
-    const publish = (pem: string): Promise<void> =>
-      kube ? publishBundle({ kubeConfig: kube.kubeConfig, namespace: kube.namespace, pem, logger: log }).catch((err: unknown) => log.error({ err }, 'could not publish the trust bundle ConfigMap; retried at the next change')) : Promise.resolve();
-    if (kube) await publish(ca.bundle().toPem());
+    const sync = (pem: string): Promise<void> => {
+      if (!kube || !secret) return savingSecret;
+      savingSecret = savingSecret
+        .then(() => writeUntilDone('storing the CA material in its Secret', () => saveCaToSecret(secret), { logger: log, signal: stopWrites.signal }))
+        .then(() => writeUntilDone('publishing the trust bundle ConfigMap', () => publishBundle({ kubeConfig: kube.kubeConfig, namespace: kube.namespace, pem, logger: log }), { logger: log, signal: stopWrites.signal }));
+      return savingSecret;
+    };
+    if (kube) {
+      // The first attempt is awaited only briefly: a failure is logged and retried in the background.
+      const first = sync(ca.bundle().toPem());
+      await Promise.race([first, new Promise((r) => setTimeout(r, 10_000).unref())]);
+    }
     const offChange = ca.onChange((change) => {
-      if (secret) {
-        savingSecret = savingSecret
-          .then(() => saveCaToSecret({ ...secret, create: false }))
-          .catch((err: unknown) => log.error({ err }, 'could not update the CA Secret after a rotation step; a restart would come back with the previous material'))
-          .then(() => publish(change.bundle.toPem()));
-      }
+      void sync(change.bundle.toPem());
       state.setBundle(change.bundle.toPem(), change.bundleSequence);
       caServer.refreshCredentials().catch((err) => log.error({ err }, 'refreshing the CA server credentials failed'));
       refreshDiscovery().catch((err) => {
@@ -280,7 +287,10 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
       });
     });
     cleanups.push(offChange);
-    cleanups.push(() => savingSecret);
+    cleanups.push(() => {
+      stopWrites.abort();
+      return savingSecret;
+    });
 
     let bound: { port: number; adminPort?: number };
     let discoveryPort: number;

@@ -105,11 +105,13 @@ export interface CaSecretOptions {
 
 /**
  * Before the CA opens: when the Secret exists, its material is written into the (empty) state
- * directory — the control plane comes back with the same roots and keys. Returns whether it did.
- * A state directory that already holds a CA is left as it is when the Secret agrees (same ca.json),
- * and refused when it differs (two sources of truth for the root).
+ * directory — the control plane comes back with the same roots and keys. A state directory that
+ * already holds a CA (an emptyDir that survived a container restart) is kept when it is the same
+ * CA as the Secret's (same trust domain and creation time): it is the newer of the two (a rotation
+ * step whose Secret update had not landed yet) and the caller writes it back. A different CA is
+ * refused: two roots for one mesh.
  */
-export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored' | 'absent' | 'same'> {
+export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored' | 'absent' | 'same' | 'local-newer'> {
   const { CoreV1Api } = await import('@kubernetes/client-node');
   const api = o.kubeConfig.makeApiClient(CoreV1Api);
   let secret: V1Secret;
@@ -125,7 +127,17 @@ export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored
   if (held) {
     const mine = await exportCaMaterial(o.stateDir);
     if (mine['ca.json']?.equals(files['ca.json'] ?? Buffer.alloc(0))) return 'same';
-    throw new WardError('WARD_CONFIG_INVALID', `${o.stateDir} already holds a CA that differs from the Secret ${o.namespace}/${o.name}; empty the directory (the Secret is the CA's home in Kubernetes mode)`);
+    let theirs: { trustDomain?: unknown; createdAt?: unknown } = {};
+    try {
+      theirs = JSON.parse((files['ca.json'] ?? Buffer.alloc(0)).toString('utf8')) as typeof theirs;
+    } catch {
+      // an unreadable Secret is not the same CA
+    }
+    if (theirs.trustDomain === held.trustDomain && theirs.createdAt === held.createdAt) {
+      o.logger.warn({ secret: `${o.namespace}/${o.name}` }, 'the state directory holds a newer state of the same CA than its Secret (an update that had not landed); writing it back');
+      return 'local-newer';
+    }
+    throw new WardError('WARD_CONFIG_INVALID', `${o.stateDir} already holds a CA that is not the one in the Secret ${o.namespace}/${o.name}; empty the directory (the Secret is the CA's home in Kubernetes mode)`);
   }
   await importCaMaterial(o.stateDir, files);
   o.logger.info({ secret: `${o.namespace}/${o.name}`, files: Object.keys(files).length }, 'CA material restored from its Secret');
@@ -133,11 +145,11 @@ export async function restoreCaFromSecret(o: CaSecretOptions): Promise<'restored
 }
 
 /**
- * After the CA was created (or rotated): its material goes into the Secret (created, or replaced).
- * A create that loses a race with another replica (409) is an error: the caller restarts and then
- * restores the winner's material, so two replicas never run two roots.
+ * The CA's material goes into the Secret: created when absent, replaced when it differs, left alone
+ * when equal. A create that loses a race (409) re-reads: equal is fine, different is an error (two
+ * control planes made two CAs).
  */
-export async function saveCaToSecret(o: CaSecretOptions & { create: boolean }): Promise<void> {
+export async function saveCaToSecret(o: CaSecretOptions): Promise<void> {
   const { CoreV1Api } = await import('@kubernetes/client-node');
   const api = o.kubeConfig.makeApiClient(CoreV1Api);
   const files = await exportCaMaterial(o.stateDir);
@@ -149,17 +161,49 @@ export async function saveCaToSecret(o: CaSecretOptions & { create: boolean }): 
     metadata: { name: o.name, namespace: o.namespace, labels: { 'app.kubernetes.io/name': 'ward-ca', 'app.kubernetes.io/part-of': 'ward' } },
     data,
   };
+  const same = (d: Record<string, string> | undefined): boolean => {
+    const a = Object.keys(d ?? {}).sort();
+    return a.length === Object.keys(data).length && a.every((k) => d![k] === data[k]);
+  };
+  const where = `${o.namespace}/${o.name}`;
+  let existing: V1Secret | undefined;
   try {
-    if (o.create) await api.createNamespacedSecret({ namespace: o.namespace, body });
+    existing = await api.readNamespacedSecret({ name: o.name, namespace: o.namespace });
+  } catch (err) {
+    if (kubeStatus(err) !== 404) throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot read the CA Secret ${where}: ${(err as Error).message}`, { cause: err });
+  }
+  if (existing !== undefined && same(existing.data)) return;
+  try {
+    if (existing === undefined) await api.createNamespacedSecret({ namespace: o.namespace, body });
     else await api.replaceNamespacedSecret({ name: o.name, namespace: o.namespace, body });
   } catch (err) {
-    const status = kubeStatus(err);
-    if (o.create && status === 409) {
-      throw new WardError('WARD_CONFIG_INVALID', `the CA Secret ${o.namespace}/${o.name} was created by another control plane meanwhile; restart to use it`, { cause: err });
-    }
-    throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot ${o.create ? 'create' : 'update'} the CA Secret ${o.namespace}/${o.name}: ${(err as Error).message}`, { cause: err });
+    throw new WardError('WARD_KUBE_UNAVAILABLE', `cannot ${existing === undefined ? 'create' : 'update'} the CA Secret ${where}: ${(err as Error).message}`, { cause: err });
   }
-  o.logger.info({ secret: `${o.namespace}/${o.name}`, files: Object.keys(files).length }, o.create ? 'CA material stored in its Secret' : 'CA Secret updated');
+  o.logger.info({ secret: where, files: Object.keys(files).length }, existing === undefined ? 'CA material stored in its Secret' : 'CA Secret updated');
+}
+
+/**
+ * Runs `write` until it succeeds: after a failure, again after a capped, jittered exponential delay
+ * (1 s doubling to 30 s), logging each failure. `signal` ends the retries (the process is stopping).
+ * Resolves when it succeeded or was stopped; never rejects.
+ */
+export async function writeUntilDone(what: string, write: () => Promise<void>, o: { logger: Logger; signal: AbortSignal; initialMs?: number; maxMs?: number }): Promise<void> {
+  const initial = o.initialMs ?? 1_000;
+  const max = o.maxMs ?? 30_000;
+  for (let attempt = 0; !o.signal.aborted; attempt++) {
+    try {
+      await write();
+      if (attempt > 0) o.logger.info({ attempts: attempt + 1 }, `${what}: done`);
+      return;
+    } catch (err) {
+      const delay = Math.round(Math.min(max, initial * 2 ** Math.min(attempt, 20)) * (0.5 + Math.random() / 2));
+      o.logger.error({ err, retryInMs: delay }, `${what} failed; retrying`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        o.signal.addEventListener('abort', () => (clearTimeout(t), resolve()), { once: true });
+      });
+    }
+  }
 }
 
 /** The ConfigMap (in Ward's namespace) the proxies and the ingress mount as their initial --bundle. */
