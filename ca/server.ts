@@ -459,7 +459,13 @@ export class CaServer {
     // What the caller asked for, for the audit record of a refusal: the node it names, if any.
     const asked = node === undefined ? 'kubernetes attestation' : nodeLabel(td, node);
     const refuse = async (code: WardErrorCode, why: string): Promise<never> => {
-      throw await this.#audited(requester, asked, new WardError(code, scrub(why, saToken)));
+      const err = new WardError(code, scrub(why, saToken));
+      // A token nobody vouches for (forged, garbage, another audience) is not a decision about a known
+      // caller, and anyone who can reach the API could write the durable audit log full with them: it
+      // is logged and counted (ward_ca_requests_total{route="join",code}), like a refused join token.
+      // Authenticated callers refused (a wrong service account, pod or node) are audited.
+      if (code === 'WARD_CA_TOKEN_INVALID' || code === 'WARD_CA_UNAVAILABLE') throw err;
+      throw await this.#audited(requester, asked, err);
     };
     const attestor = this.#o.attestor;
     if (!attestor) return refuse('WARD_CA_JOIN_UNSUPPORTED', 'a ServiceAccount token was presented, but this CA runs without Kubernetes attestation; join with a join token');

@@ -15,7 +15,7 @@ import { connect as http2Connect } from 'node:http2';
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { Pool } from 'undici';
-import { describe, expect, it, onTestFinished } from 'vitest';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../core/clock.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { silentLogger } from '../core/logger.js';
@@ -526,6 +526,32 @@ describe('OutboundListener: one listener for the node, callers told apart by sou
     expect(second).toMatch(/^HTTP\/1\.1 403 /);
     expect(a.seen.map((r) => r.url)).toEqual(['/one']);
     expect(h.poolCalls).toHaveLength(1);
+  });
+
+  it('one workload cannot take the listener from the others: past maxConnectionsPerSource its next connection gets 503, another workload is served', async () => {
+    const a = await startServer('a');
+    const bySource = new Map([
+      ['127.0.77.1', { workload: 'shop/web-1', identity: WEB_ID }],
+      ['127.0.77.5', { workload: 'shop/web-2', identity: WEB_ID }],
+    ]);
+    const h = await startOutbound({ api: [endpointAt(a.address, 'api-a')], bySource, limits: { maxConnectionsPerSource: 2 } });
+    const held: Socket[] = [];
+    for (let i = 0; i < 2; i++) {
+      const s = netConnect({ host: '127.0.0.1', port: h.port, localAddress: '127.0.77.1' });
+      onTestFinished(() => void s.destroy());
+      await once(s, 'connect');
+      held.push(s);
+    }
+    // The listener counts a connection once it has accepted it: the third is refused at once.
+    await vi.waitFor(async () => {
+      const third = await sendFrom(h.port, '127.0.77.1', 'http://api.shop:8080/x');
+      expectRefusal(third, 503, 'WARD_PROXY_OVERLOADED');
+    }, { timeout: 5_000, interval: 20 });
+    const other = await sendFrom(h.port, '127.0.77.5', 'http://api.shop:8080/x');
+    expect(other.status, other.body).toBe(200);
+    // Closing one frees a slot for that workload again.
+    held[0].destroy();
+    await vi.waitFor(async () => expect((await sendFrom(h.port, '127.0.77.1', 'http://api.shop:8080/y')).status).toBe(200), { timeout: 5_000, interval: 20 });
   });
 
   it('CONNECT from an unknown source is refused the same way', async () => {

@@ -48,6 +48,11 @@ export interface DataPlane {
 
 export interface OutboundLimits {
   maxConnections: number;
+  /**
+   * A node-wide listener (by source address): connections one source may hold at once, so that one
+   * workload cannot take the listener from the others of its node. Past it: 503, closed.
+   */
+  maxConnectionsPerSource: number;
   /** Requests in flight on one listener; past it: 503 WARD_PROXY_OVERLOADED. */
   maxPending: number;
   maxHeaderBytes: number;
@@ -60,6 +65,7 @@ export interface OutboundLimits {
 
 export const DEFAULT_OUTBOUND_LIMITS: OutboundLimits = Object.freeze({
   maxConnections: 4096,
+  maxConnectionsPerSource: 512,
   maxPending: 10_000,
   maxHeaderBytes: 16 * 1024,
   headersTimeoutMs: 10_000,
@@ -69,6 +75,8 @@ export const DEFAULT_OUTBOUND_LIMITS: OutboundLimits = Object.freeze({
 });
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0');
+/** At most one warn line per this many ms for refused connections (the rest are counted in it). */
+const REFUSAL_LOG_MS = 10_000;
 const HOST_RE = /^[A-Za-z0-9_.-]+$/;
 
 /** Who speaks on a connection: fixed (a per-workload listener) or looked up by source address. */
@@ -88,6 +96,11 @@ export class OutboundListener {
   readonly #http1: HttpServer;
   readonly #http2: Http2Server;
   readonly #sockets = new Set<Socket>();
+  /** Node-wide listener: open connections per source address. */
+  readonly #perSource = new Map<string, number>();
+  /** Refusals not logged yet (at most one warn line per REFUSAL_LOG_MS: the port is reachable cluster-wide). */
+  #refusalsUnlogged = 0;
+  #refusalLoggedAt = -Infinity;
   readonly #sessions = new Set<ServerHttp2Session>();
   #pending = 0;
   #closing: Promise<void> | undefined;
@@ -151,15 +164,22 @@ export class OutboundListener {
   }
 
   #onSocket(socket: Socket): void {
-    if (this.#bySource && !this.#caller(socket)) {
-      // Not a workload of this node: nothing is read, no identity is ever used for it.
-      this.#dp.metrics.connections.inc({ direction: 'outbound', result: 'refused' });
-      this.#log.warn({ source: socket.remoteAddress }, 'refused an outbound connection from an address that is no workload of this node');
-      socket.on('error', () => socket.destroy());
-      const body = 'ward: the source address is no workload of this node (WARD_PROXY_UNKNOWN_WORKLOAD)\n';
-      // Written, then closed both ways (allowHalfOpen would otherwise wait for the client's FIN).
-      socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\nx-ward-error: WARD_PROXY_UNKNOWN_WORKLOAD\r\nconnection: close\r\ncontent-length: ${body.length}\r\n\r\n${body}`, () => socket.destroy());
-      return;
+    if (this.#bySource) {
+      const source = socket.remoteAddress ?? '';
+      if (!this.#caller(socket)) {
+        // Not a workload of this node: nothing is read, no identity is ever used for it.
+        return this.#refuseSocket(socket, 403, 'Forbidden', 'WARD_PROXY_UNKNOWN_WORKLOAD', 'the source address is no workload of this node', source);
+      }
+      const open = this.#perSource.get(source) ?? 0;
+      if (open >= this.#limits.maxConnectionsPerSource) {
+        return this.#refuseSocket(socket, 503, 'Service Unavailable', 'WARD_PROXY_OVERLOADED', `this workload holds ${open} connections to the proxy already`, source);
+      }
+      this.#perSource.set(source, open + 1);
+      socket.once('close', () => {
+        const n = (this.#perSource.get(source) ?? 1) - 1;
+        if (n <= 0) this.#perSource.delete(source);
+        else this.#perSource.set(source, n);
+      });
     }
     this.#sockets.add(socket);
     this.#dp.metrics.activeConnections.inc({ direction: 'outbound' });
@@ -172,7 +192,11 @@ export class OutboundListener {
     socket.on('error', () => socket.destroy());
     // Idle before the first byte: the HTTP servers' own timeouts start only once they own the socket.
     socket.setTimeout(this.#limits.headersTimeoutMs, () => socket.destroy());
+    // A client gone before its first byte: with allowHalfOpen the socket would wait for the timeout.
+    const goneEarly = (): void => void socket.destroy();
+    socket.once('end', goneEarly);
     socket.once('data', (chunk: Buffer) => {
+      socket.off('end', goneEarly);
       socket.setTimeout(0);
       socket.pause();
       socket.unshift(chunk);
@@ -187,6 +211,23 @@ export class OutboundListener {
         socket.resume();
       }
     });
+  }
+
+  /** Answers a connection refused before anything is read, then closes it both ways. */
+  #refuseSocket(socket: Socket, status: number, reason: string, code: WardErrorCode, message: string, source: string): void {
+    this.#dp.metrics.connections.inc({ direction: 'outbound', result: 'refused' });
+    const now = this.#dp.clock.now();
+    if (now - this.#refusalLoggedAt >= REFUSAL_LOG_MS) {
+      this.#log.warn({ source, code, alsoRefusedSinceLastLine: this.#refusalsUnlogged }, `refused an outbound connection: ${message}`);
+      this.#refusalLoggedAt = now;
+      this.#refusalsUnlogged = 0;
+    } else {
+      this.#refusalsUnlogged++;
+    }
+    socket.on('error', () => socket.destroy());
+    const body = `ward: ${message} (${code})\n`;
+    // Written, then closed both ways (allowHalfOpen would otherwise wait for the client's FIN).
+    socket.end(`HTTP/1.1 ${status} ${reason}\r\ncontent-type: text/plain\r\nx-ward-error: ${code}\r\nconnection: close\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`, () => socket.destroy());
   }
 
   #reject(res: DownstreamResponse, status: number, code: WardErrorCode, message: string): void {
