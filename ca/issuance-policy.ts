@@ -20,7 +20,7 @@
  * (a leaf must never outlive its issuer). An issuer that is expired or not yet valid refuses.
  */
 import { WardError } from '../core/errors.js';
-import { routeHostError } from '../core/hostname.js';
+import { certificateHostError } from '../core/hostname.js';
 import type { SpiffeId } from '../core/identity/index.js';
 import type { CsrRequest } from '../core/pki/index.js';
 
@@ -66,7 +66,7 @@ export function checkServerNames(names: unknown): readonly string[] {
   const seen = new Set<string>();
   for (const n of names) {
     if (typeof n !== 'string') throw new WardError('WARD_CA_REQUEST_INVALID', 'dnsNames must hold strings');
-    const why = routeHostError(n);
+    const why = certificateHostError(n);
     if (why !== undefined) throw new WardError('WARD_CA_REQUEST_INVALID', `DNS name ${why}`);
     if (seen.has(n)) throw new WardError('WARD_CA_REQUEST_INVALID', `DNS name ${JSON.stringify(n)} is listed twice`);
     seen.add(n);

@@ -120,6 +120,14 @@ async function removeStale(path: string, stale: string): Promise<void> {
   }
 }
 
+/**
+ * Nonces of the locks this process holds now. A lock file naming this process's pid is ours only if
+ * its nonce is here; otherwise it is debris from an earlier process that had the same pid (a
+ * container restarted after a crash: Node is pid 1 again and the state directory survived).
+ * Process-wide on purpose: it mirrors what the pid in the file stands for.
+ */
+const HELD_NONCES = new Set<string>();
+
 export class StateLock {
   readonly #path: string;
   #info: LockInfo;
@@ -133,11 +141,13 @@ export class StateLock {
   /** Takes the lock or throws WARD_CA_STATE_LOCKED naming the live holder. */
   static async acquire(stateDir: string, holder: string, now: Date): Promise<StateLock> {
     const path = join(stateDir, LOCK_FILE);
-    const info: LockInfo = { pid: process.pid, holder, startedAt: now.toISOString(), nonce: randomBytes(12).toString('hex') };
+    const nonce = randomBytes(12).toString('hex');
+    const info: LockInfo = { pid: process.pid, holder, startedAt: now.toISOString(), nonce };
     const content = JSON.stringify(info) + '\n';
     for (let attempt = 0; attempt < 5; attempt++) {
       try {
         await createWhole(path, content);
+        HELD_NONCES.add(nonce);
         return new StateLock(path, info);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
@@ -145,10 +155,10 @@ export class StateLock {
       const raw = await readText(path);
       if (raw === undefined) continue; // released meanwhile
       const current = parseLock(raw);
-      // A lock naming THIS process is debris from an earlier life with the same pid (a container
-      // restarted after a crash: Node is pid 1 again, the state directory survived): we do not
-      // hold it yet, so it is stale. Without this the control plane would crash-loop.
-      if (current && current.pid !== process.pid && alive(current.pid)) {
+      // A lock naming THIS process but not held by it is debris from an earlier life with the same
+      // pid (see HELD_NONCES): stale. Without this the control plane would crash-loop after a crash.
+      const holderAlive = current !== undefined && (current.pid === process.pid ? current.nonce !== undefined && HELD_NONCES.has(current.nonce) : alive(current.pid));
+      if (current && holderAlive) {
         throw new WardError(
           'WARD_CA_STATE_LOCKED',
           `the CA in ${stateDir} is in use by process ${current.pid} (${current.holder}, since ${current.startedAt})` +
@@ -175,6 +185,7 @@ export class StateLock {
   async release(): Promise<void> {
     if (this.#released) return;
     this.#released = true;
+    if (this.#info.nonce !== undefined) HELD_NONCES.delete(this.#info.nonce);
     // Only our own lock: never remove one another process holds.
     const current = parseLock((await readText(this.#path).catch(() => undefined)) ?? '');
     if (current?.nonce === this.#info.nonce && current?.pid === this.#info.pid) await unlink(this.#path).catch(() => undefined);

@@ -161,6 +161,7 @@ describe('CertificateAuthority.issueServerName', () => {
     ['a name that is not a string', { dnsNames: [SHOP, 42] }, 'WARD_CA_REQUEST_INVALID', /must hold strings/, `dns:${SHOP},42`],
     ['a duplicate name', { dnsNames: [SHOP, APPS, SHOP] }, 'WARD_CA_REQUEST_INVALID', /listed twice/, `dns:${SHOP},${APPS},${SHOP}`],
     ['an uppercase name', { dnsNames: ['Shop.example.com'] }, 'WARD_CA_REQUEST_INVALID', /not a lowercase DNS name/, 'dns:Shop.example.com'],
+    ['a wildcard over a top-level domain', { dnsNames: ['*.localhost'] }, 'WARD_CA_REQUEST_INVALID', /at least two labels after/, 'dns:*.localhost'],
     ['a wildcard inside a name', { dnsNames: ['a.*.example.com'] }, 'WARD_CA_REQUEST_INVALID', /wildcard is allowed only as the whole first label/, 'dns:a.*.example.com'],
     ['an IP address', { dnsNames: ['10.0.0.1'] }, 'WARD_CA_REQUEST_INVALID', /is an IP address/, 'dns:10.0.0.1'],
     ['an empty name', { dnsNames: [''] }, 'WARD_CA_REQUEST_INVALID', /must not be empty/, 'dns:'],

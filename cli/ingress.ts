@@ -1,5 +1,5 @@
 import { WardError } from '../core/errors.js';
-import { routeHostError } from '../core/hostname.js';
+import { certificateHostError } from '../core/hostname.js';
 import { systemClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
 import { createRegistry } from '../core/metrics.js';
@@ -166,7 +166,7 @@ Once listening it prints on standard error:
       throw new WardError('WARD_USAGE', '--kube-token-file joins with a ServiceAccount token; give it or --token/--token-file, not both');
     }
     for (const h of internalHosts) {
-      const why = routeHostError(h);
+      const why = certificateHostError(h);
       if (why !== undefined) throw new WardError('WARD_USAGE', `--internal-cert: the host ${why}`);
     }
     const { caUrl, discoveryUrl } = controlPlaneUrls(args);

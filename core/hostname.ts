@@ -31,6 +31,19 @@ export function routeHostError(host: string): string | undefined {
   return undefined;
 }
 
+/**
+ * Why `host` cannot have a TLS certificate (from Ward's CA, or served by the ingress), or undefined:
+ * a route host whose wildcard, if any, has at least two labels after "*." — a certificate for
+ * `*.com` or `*.localhost` would claim a whole top-level domain (public CAs refuse them too). Routes
+ * may still use such hosts; they just get no certificate.
+ */
+export function certificateHostError(host: string): string | undefined {
+  const why = routeHostError(host);
+  if (why !== undefined) return why;
+  if (host.startsWith('*.') && host.split('.').length < 3) return `${shown(host)}: a certificate wildcard needs at least two labels after "*." (*.example.com), else it would claim a whole top-level domain`;
+  return undefined;
+}
+
 /** Longest route path accepted. */
 export const MAX_ROUTE_PATH_LENGTH = 1024;
 

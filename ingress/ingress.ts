@@ -27,6 +27,7 @@ import { SpiffeId } from '../core/identity/index.js';
 import type { Logger } from '../core/logger.js';
 import { parseCertificates, type Certificate, type TrustBundle } from '../core/pki/index.js';
 import { WardError } from '../core/errors.js';
+import { certificateHostError } from '../core/hostname.js';
 import type { IngressRoute, ViewState } from '../core/protocol/index.js';
 import { AdminServer, EndpointSet, IdentityManager, MeshView, RetryBudget, Upstreams } from '../proxy/index.js';
 import { CertificateStore, INTERNAL_SOURCE, type CertificateSource } from './certificates.js';
@@ -118,6 +119,8 @@ export class Ingress {
   #candidate: (Built & { version: number }) | undefined;
   #kube: KubeSecretCertificates | undefined;
   #tlsSecrets: ReadonlyMap<string, string> = new Map();
+  /** Route hosts already warned about: they cannot have a certificate (internalForRoutes). */
+  readonly #noCertificate = new Set<string>();
   #warnedTlsSecrets = false;
   #server: IngressServer | undefined;
   #admin: AdminServer | undefined;
@@ -279,7 +282,15 @@ export class Ingress {
     this.#tlsSecrets = tlsSecrets;
     if (this.#o.internalForRoutes) {
       // Route hosts without a certificate of their own get one from Ward's CA; the set follows the routes.
-      const hosts = routes.hosts().filter((h) => !this.#certs.hasStaticSource(h));
+      // (A host that cannot have a certificate, e.g. *.localhost, is routed but gets none: logged once.)
+      const hosts = routes.hosts().filter((h) => {
+        const why = certificateHostError(h);
+        if (why !== undefined && !this.#noCertificate.has(h)) {
+          this.#noCertificate.add(h);
+          this.#log.warn({ host: h, reason: why }, 'route host gets no internal-name certificate');
+        }
+        return why === undefined && !this.#certs.hasStaticSource(h);
+      });
       this.#certs.setDynamicHosts(new Map(hosts.map((h) => [h, INTERNAL_SOURCE])));
       this.#identities.setServerNames([...(this.#o.internalHosts ?? []), ...hosts]);
     }

@@ -334,7 +334,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
     if (this.#closed) throw new WardError('WARD_PROXY_JOIN_FAILED', 'the identity manager was closed while starting');
     this.#install(this.#node, issued);
     this.#started = true;
-    for (const slot of this.#workloads.values()) if (!slot.held && !slot.inFlight) void this.#attempt(slot);
+    for (const slot of this.#others()) if (!slot.held && !slot.inFlight) void this.#attempt(slot);
   }
 
   /** The node's own certificate. Throws WARD_PROXY_IDENTITY_UNAVAILABLE before start() or once expired. */
