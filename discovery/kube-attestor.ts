@@ -24,7 +24,8 @@
  * This file must not import ca/ (layering): KubeAttestor implements the CA's NodeAttestor
  * interface structurally, and the CLI (the composition root) hands one to the other.
  */
-import { AuthenticationV1Api, Observable, type KubeConfig, type V1TokenReview } from '@kubernetes/client-node';
+import { AuthenticationV1Api, type KubeConfig, type V1TokenReview } from '@kubernetes/client-node';
+import { withSignal } from '../core/kube-request.js';
 import { Counter, type Registry } from 'prom-client';
 import { WardError } from '../core/errors.js';
 import { INGRESS_SERVICE_ACCOUNT, SpiffeId, parseTrustDomain } from '../core/identity/index.js';
@@ -227,21 +228,7 @@ export class KubeAttestor {
     const signal = AbortSignal.timeout(this.#timeoutMs);
     try {
       // The deadline rides on the request context: the generated client has no timeout option.
-      return await this.#api.createTokenReview(
-        { body },
-        {
-          middleware: [
-            {
-              pre: (ctx) => {
-                ctx.setSignal(signal);
-                return new Observable(Promise.resolve(ctx));
-              },
-              post: (res) => new Observable(Promise.resolve(res)),
-            },
-          ],
-          middlewareMergeStrategy: 'append',
-        },
-      );
+      return await this.#api.createTokenReview({ body }, withSignal(signal));
     } catch (err) {
       const status = typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : undefined;
       const timedOut = signal.aborted;

@@ -43,16 +43,15 @@ import {
   DiscoveryV1Api,
   ListWatch,
   NetworkingV1Api,
-  Observable,
   Watch,
   type ConfigurationOptions,
   type KubeConfig,
   type KubernetesListObject,
   type KubernetesObject,
-  type ObservableMiddleware,
 } from '@kubernetes/client-node';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import { systemClock, type Clock } from '../core/clock.js';
+import { withSignal } from '../core/kube-request.js';
 import { systemTimers, type Timers } from '../core/control/index.js';
 import { bug, WardError } from '../core/errors.js';
 import { parseTrustDomain } from '../core/identity/index.js';
@@ -401,16 +400,8 @@ class Informer {
     this.#lists.add(ctl);
     const timeoutMs = this.s.requestTimeoutMs;
     const timer = this.s.timers.set(() => ctl.abort(new Error(`list timed out after ${timeoutMs} ms`)), timeoutMs);
-    // The object-parameter API hands per-call options to the observable layer, hence this shape.
-    const signal: ObservableMiddleware = {
-      pre: (context) => {
-        context.setSignal(ctl.signal);
-        return new Observable(Promise.resolve(context));
-      },
-      post: (context) => new Observable(Promise.resolve(context)),
-    };
     try {
-      const list = await this.#track(this.spec.list(this.s.apis(), { middleware: [signal], middlewareMergeStrategy: 'append' }));
+      const list = await this.#track(this.spec.list(this.s.apis(), withSignal(ctl.signal)));
       if (Array.isArray(list?.items)) for (const item of list.items) slim(item);
       return list;
     } catch (err) {

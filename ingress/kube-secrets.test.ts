@@ -8,7 +8,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import tls, { type TLSSocket } from 'node:tls';
 import { Registry } from 'prom-client';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
@@ -503,6 +503,34 @@ describe('KubeSecretCertificates: the informer across failures', () => {
     expect(await handshake(port, 'b.example.com')).toBe(b2.fingerprint);
     expect(store.select('a.example.com')).toBeUndefined();
     expectOnlyOwnNamespace(api);
+  });
+
+  it('a list that gets no answer is aborted at listTimeoutMs (through the request signal) and retried later', async () => {
+    // An API server that accepts and never answers.
+    const sockets = new Set<Socket>();
+    const hung = createNetServer((sock) => void sockets.add(sock));
+    hung.listen(0, '127.0.0.1');
+    await once(hung, 'listening');
+    onTestFinished(() => {
+      for (const x of sockets) x.destroy();
+      return new Promise<void>((resolve) => hung.close(() => resolve()));
+    });
+    const store = new CertificateStore({ sources: [], tls: TLS_OPTIONS, logger: createLogger({ level: 'silent' }), watch: false, pollIntervalMs: 0 });
+    await store.start();
+    onTestFinished(() => store.close());
+    const kube = new KubeSecretCertificates({
+      kubeConfig: kubeConfigFor({ url: `http://127.0.0.1:${(hung.address() as AddressInfo).port}` }),
+      namespace: NS,
+      store,
+      logger: createLogger({ level: 'silent' }),
+      listTimeoutMs: 100,
+      backoff: { initialMs: 10_000, maxMs: 10_000 },
+    });
+    onTestFinished(() => kube.close());
+    const retrying = until<[{ error: string }]>(kube as unknown as EventEmitter, 'retrying');
+    kube.start();
+    expect((await retrying)[0].error).toMatch(/took over 100 ms/);
+    expect(sockets.size).toBe(1);
   });
 
   it('a watch that ends at once, again and again, is a failure with backoff rather than a tight loop', async () => {

@@ -51,6 +51,7 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { systemTimers, type Timers } from '../core/control/index.js';
 import { WardError } from '../core/errors.js';
 import type { Logger } from '../core/logger.js';
+import { withSignal } from '../core/kube-request.js';
 import type { CertificateStore } from './certificates.js';
 
 export const TLS_SECRET_TYPE = 'kubernetes.io/tls';
@@ -277,13 +278,14 @@ export class KubeSecretCertificates extends EventEmitter<KubeSecretCertificatesE
   /** The informer's list: bounded in time; a replaced informer gets a refusal instead of a request. */
   async #list(live: () => boolean): Promise<V1SecretList> {
     if (!live()) throw new Error('replaced');
-    let timer: unknown;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = this.#timers.set(() => reject(new Error(`listing Secrets took over ${this.#listTimeoutMs} ms`)), this.#listTimeoutMs);
-    });
+    // A list that hangs is aborted (not merely abandoned: its socket would stay open) and fails.
+    const ctl = new AbortController();
+    const timer = this.#timers.set(() => ctl.abort(new Error(`listing Secrets took over ${this.#listTimeoutMs} ms`)), this.#listTimeoutMs);
     let list: V1SecretList;
     try {
-      list = await Promise.race([this.#api.listNamespacedSecret({ namespace: this.#ns, fieldSelector: TLS_SECRET_FIELD_SELECTOR }), timeout]);
+      list = await this.#api.listNamespacedSecret({ namespace: this.#ns, fieldSelector: TLS_SECRET_FIELD_SELECTOR }, withSignal(ctl.signal));
+    } catch (err) {
+      throw ctl.signal.aborted && ctl.signal.reason instanceof Error ? ctl.signal.reason : err;
     } finally {
       this.#timers.clear(timer);
     }
