@@ -169,7 +169,7 @@ export class NodeProxy {
 
   /** Joins, opens the inbound and admin listeners, and starts following the pool. */
   async start(): Promise<ProxyAddresses> {
-    await this.#identities.start();
+    await this.#join();
     const admin = this.#o.admin ?? { host: isLoopback(this.#o.address) ? this.#o.address : '127.0.0.1', port: DEFAULT_ADMIN_PORT };
     this.#admin = new AdminServer({ source: { ready: () => this.ready(), state: () => this.state(), renewAll: () => this.#identities.renewAll() }, registry: this.#o.registry, logger: this.#o.logger });
     this.#addresses.admin = await this.#admin.listen(admin.host, admin.port);
@@ -432,6 +432,31 @@ export class NodeProxy {
     // while this one was on its way would otherwise wait for the next interval (30 s). Only after a
     // delivery, so an unreachable pool is not retried in a loop (the interval timer retries it).
     if (delivered && this.#healthDirty) void this.#report();
+  }
+
+  /**
+   * Joins (or reuses the saved identity). With a ServiceAccount token (Kubernetes mode) a refusal
+   * that may pass — the CA or the Kubernetes API unavailable, or the control plane not seeing this
+   * pod yet (403 while its informer catches up) — is retried here with capped, jittered backoff
+   * (1 s doubling to 30 s) instead of ending the process into the kubelet's slower crash-loop
+   * backoff. A token that does not authenticate (401), and every join-token failure, end start().
+   */
+  async #join(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.#identities.start();
+      } catch (err) {
+        const cause = (err as { cause?: { code?: unknown } }).cause;
+        const code = typeof cause?.code === 'string' ? cause.code : undefined;
+        const passing = code === 'WARD_CA_UNAVAILABLE' || code === 'WARD_CA_UNREACHABLE' || code === 'WARD_CA_RATE_LIMITED' || code === 'WARD_CA_FORBIDDEN';
+        if (this.#o.serviceAccountTokenFile === undefined || !passing || this.#closing !== undefined) throw err;
+        const delay = Math.round(Math.min(30_000, 1_000 * 2 ** Math.min(attempt, 10)) * (0.5 + Math.random() / 2));
+        this.#log.warn({ err: (err as Error).message, retryInMs: delay, attempt: attempt + 1 }, 'joining failed; retrying');
+        // A referenced timer: nothing else keeps the process alive before it has joined.
+        await new Promise<void>((resolve) => setTimeout(resolve, delay));
+        if (this.#closing !== undefined) throw err;
+      }
+    }
   }
 
   /** Stops accepting, drains in-flight requests up to `graceMs`, then stops everything. Idempotent. */

@@ -392,6 +392,25 @@ spec:
     expect(bad.output.stderr).toMatch(/WARD_CA_TOKEN_INVALID|cannot join/);
   });
 
+  it('a proxy whose pod the control plane does not see yet keeps retrying (403 is not fatal with a ServiceAccount token) and joins once it does', { timeout: 60_000 }, async () => {
+    // The token is valid, but its pod is not in the API yet (the informer would lag the same way).
+    const early = proxyPod('node-b');
+    const podName = 'ward-proxy-node-c';
+    const template = { ...early, metadata: { ...early.metadata, name: podName }, spec: { ...(early as unknown as { spec: object }).spec, nodeName: 'node-c' }, status: { ...(early as unknown as { status: object }).status, hostIP: `${block}.3`, podIP: `${block}.3` } } as unknown as KubeObject;
+    api.addToken('token-c', { audiences: ['ward'], user: { username: 'system:serviceaccount:ward-system:ward-proxy', extra: { 'authentication.kubernetes.io/pod-name': [podName], 'authentication.kubernetes.io/pod-uid': ['uid-c'] } } });
+    await writeFile(join(tmp, 'token-c'), 'token-c\n', { mode: 0o600 });
+    const c = spawnWard([
+      'proxy', '--node', 'node-c', '--address', `${block}.3`, '--bundle', bundleFile, '--kube-token-file', join(tmp, 'token-c'),
+      '--ca', caUrl, '--discovery', discoveryUrl, '--state', join(tmp, 'proxy-c2'), '--shared-outbound', '--log-level', 'warn',
+    ]);
+    await stderrMatch(c, /joining failed; retrying/);
+    // The pod appears (with the UID its token is bound to): the proxy joins on its next attempt.
+    api.create({ ...template, metadata: { ...template.metadata, uid: 'uid-c' } } as KubeObject);
+    await stderrMatch(c, /ward proxy: node node-c inbound/);
+    c.kill('SIGTERM');
+    expect(await exited(c)).toBe(0);
+  });
+
   it('the ingress joins with its ServiceAccount token and serves an Ingress of class ward with the TLS Secret of its own namespace; a missing Secret does not take it out of service', { timeout: 90_000 }, async () => {
     // The certificate an operator (or cert-manager) put in ward-system; a decoy of the same name in shop.
     const dir = join(tmp, 'tls');
