@@ -69,6 +69,11 @@ export interface WorkloadAuthorizer {
    * of the ingress routes now? Without this method no internal-name certificate is ever issued.
    */
   mayObtainServerName?(ingress: SpiffeId, name: string): boolean | Promise<boolean>;
+  /**
+   * May the ingress renew its identity (and obtain internal-name certificates) now? Kubernetes mode:
+   * only while a ward-ingress pod runs, as a node renews only while its proxy pod runs. Absent: yes.
+   */
+  mayRenewIngress?(ingress: SpiffeId): boolean | Promise<boolean>;
 }
 
 /**
@@ -426,7 +431,7 @@ export class CaServer {
         // Only workload identities are grantable: another node's identity, the CA's own or the bare
         // trust domain never are, whatever the authorizer would say.
         const allowed = caller.isIngress
-          ? identity.equals(caller)
+          ? identity.equals(caller) && (await this.#ingressMayRenew(caller))
           : identity.equals(caller)
             ? await this.#o.authorizer.mayRenewNode(caller)
             : identity.workload !== undefined && !identity.isIngress && (await this.#o.authorizer.mayObtain(caller, identity));
@@ -532,6 +537,7 @@ export class CaServer {
       throw await this.#audited(caller, label, new WardError('WARD_CA_FORBIDDEN', why));
     };
     if (!caller.isIngress) return deny(`caller ${caller} is not the ingress; only the ingress obtains internal-name certificates`);
+    if (!(await this.#ingressMayRenew(caller))) return deny('no ingress pod runs now; the ingress identity is not renewed');
     const may = this.#o.authorizer.mayObtainServerName;
     for (const name of names) {
       if (!may || !(await may.call(this.#o.authorizer, caller, name))) return deny(`${JSON.stringify(name)} is not a host of the ingress routes`);
@@ -545,6 +551,11 @@ export class CaServer {
       certificate: issued.chainPem,
       bundle: this.#encodedBundle().pem,
     };
+  }
+
+  async #ingressMayRenew(caller: SpiffeId): Promise<boolean> {
+    const may = this.#o.authorizer.mayRenewIngress;
+    return may === undefined ? true : await may.call(this.#o.authorizer, caller);
   }
 
   #issuedBody(issued: { chainPem: string; serialHex: string; notBefore: Date; notAfter: Date; id: SpiffeId }): unknown {

@@ -22,7 +22,7 @@ import { systemClock } from '../core/clock.js';
 import { WardError } from '../core/errors.js';
 import { createLogger, type Logger } from '../core/logger.js';
 import { createRegistry, type Registry } from '../core/metrics.js';
-import { parseTrustDomain } from '../core/identity/index.js';
+import { INGRESS_SERVICE_ACCOUNT, parseTrustDomain } from '../core/identity/index.js';
 import { PrivateKey, createCsr } from '../core/pki/index.js';
 import type { Credentials } from '../core/tls/index.js';
 import { CaServer, CertificateAuthority, JoinTokens, assertLoopback, readState, type CaServerLimits, type InitResult } from '../ca/index.js';
@@ -240,7 +240,10 @@ export async function startControl(o: StartControlOptions): Promise<Control> {
       ca,
       tokens,
       // Asked at every request, against the model the mesh runs on now: an edit revokes at once.
-      authorizer: modelAuthorizer(() => state.model),
+      // Kubernetes mode: the ingress identity is renewed only while a ward-ingress pod runs.
+      authorizer: kubeSource
+        ? { ...modelAuthorizer(() => state.model), mayRenewIngress: () => kubeSource.hasRunningPod(INGRESS_SERVICE_ACCOUNT) }
+        : modelAuthorizer(() => state.model),
       // Kubernetes mode: joins with a projected ServiceAccount token, checked with TokenReview
       // against the pods the source sees (the pod, its UID, service account and node).
       ...(kube && kubeParts && kubeSource

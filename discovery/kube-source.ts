@@ -607,6 +607,19 @@ export class KubeSource extends EventEmitter<KubeSourceEvents> {
     return p === undefined ? undefined : podInfo(p);
   }
 
+  /**
+   * Whether a Running pod of Ward's namespace runs as `serviceAccount` now (the ingress: its identity
+   * is renewed only while one does, as a node's only while its proxy pod runs). False before sync.
+   */
+  hasRunningPod(serviceAccount: string): boolean {
+    const pods = this.#informers.find((i) => i.spec.resource === 'pods')!;
+    if (!pods.synced) return false;
+    return pods.cache.list(this.#namespace).some((p) => {
+      const info = podInfo(p as KubePod);
+      return info !== undefined && info.serviceAccount === serviceAccount && info.phase === 'Running';
+    });
+  }
+
   /** The problems found at the last rebuild, sorted. */
   problems(): readonly KubeProblem[] {
     return [...this.#problems.values()];

@@ -458,6 +458,19 @@ spec:
     const secretReads = api.requests.filter((r) => r.resource === 'secrets' && r.namespace !== 'ward-ca');
     expect(secretReads.length).toBeGreaterThan(0);
     expect(secretReads.filter((r) => r.namespace !== 'ward-system')).toEqual([]);
+    // No ingress pod runs any more: its identity is no longer renewed (as a node's without its proxy pod).
+    api.delete('v1', 'Pod', 'ward-ingress-0', 'ward-system');
+    await vi.waitFor(async () => {
+      await new Promise<void>((resolve, reject) => {
+        const req = httpRequest(`${admin}/v1/renew`, { method: 'POST', agent: false }, (res) => (res.resume(), res.on('end', () => resolve())));
+        req.on('error', reject);
+        req.end();
+      });
+      const st = (await getJson(`${admin}/v1/state`)).json as { meshCertificate: { identity: string; lastError?: string }[] };
+      expect(st.meshCertificate.find((c) => c.identity.endsWith('/sa/ward-ingress'))?.lastError).toMatch(/WARD_CA_FORBIDDEN/);
+    }, { timeout: CONVERGE_MS, interval: 300 });
+    ing.kill('SIGTERM');
+    expect(await exited(ing)).toBe(0);
   });
 
   it('the watch expires (410) and streams drop: the pool relists and converges; the proxies keep their streams', { timeout: 60_000 }, async () => {
