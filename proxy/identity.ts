@@ -37,7 +37,7 @@ import { ERROR_CODES, WardError, isWardError, type WardErrorCode } from '../core
 import { BodyTooLargeError, readBody } from '../core/http-body.js';
 import { SpiffeId, parseTrustDomain } from '../core/identity/index.js';
 import type { Logger } from '../core/logger.js';
-import { PrivateKey, TrustBundle, createCsr, parseCertificates, validatePath, verifySvid, type Certificate } from '../core/pki/index.js';
+import { PrivateKey, TrustBundle, createCsr, splitKeyAndChain, parseCertificates, validatePath, verifySvid, type Certificate } from '../core/pki/index.js';
 import { meshClientOptions, meshServerOptions, type Credentials } from '../core/tls/index.js';
 import { systemTimers, type Timers } from '../core/control/index.js';
 
@@ -842,10 +842,7 @@ export class IdentityManager extends EventEmitter<IdentityEvents> {
       return { reason: `${path} cannot be read (${(err as Error).message})` };
     }
     try {
-      const keyBlock = /-----BEGIN PRIVATE KEY-----[\s\S]*?-----END PRIVATE KEY-----\s*/.exec(text);
-      if (!keyBlock) throw new WardError('WARD_PKI_PEM_INVALID', 'no private key in the file');
-      const key = PrivateKey.from(keyBlock[0]);
-      const chainPem = text.slice(0, keyBlock.index) + text.slice(keyBlock.index + keyBlock[0].length);
+      const { key, chainPem } = splitKeyAndChain(text);
       // Only the bundle held counts here: a saved identity from another CA (a reinitialized control
       // plane) is refused, and the token (if any) takes over.
       const issued = await checkIssued(chainPem, key, this.nodeId, this.#bundle, this.#clock.now());

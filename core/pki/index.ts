@@ -1,5 +1,5 @@
 // The PKI surface of the identity kernel. Other folders import PKI only from here.
-export { PrivateKey } from './keys.js';
+export { PrivateKey, splitKeyAndChain } from './keys.js';
 export {
   Certificate,
   parseCertificate,

@@ -1,7 +1,7 @@
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../logger.js';
-import { PrivateKey } from './keys.js';
+import { PrivateKey, splitKeyAndChain } from './keys.js';
 
 describe('PrivateKey', () => {
   it('can never be printed: JSON, inspect, String and template literals all say [redacted]', () => {
@@ -43,5 +43,16 @@ describe('PrivateKey', () => {
     const key = PrivateKey.generate();
     expect(PrivateKey.from(key.exportPem()).publicKeyDer().equals(key.publicKeyDer())).toBe(true);
     expect(() => PrivateKey.from('not a key')).toThrow(expect.objectContaining({ code: 'WARD_PKI_KEY_INVALID' }));
+  });
+});
+
+describe('splitKeyAndChain', () => {
+  it('takes the key out of a chain + key file and leaves the certificates around it', () => {
+    const key = PrivateKey.generate();
+    const chain = '-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n';
+    const split = splitKeyAndChain(chain + key.exportPem());
+    expect(split.key.publicKeyDer().equals(key.publicKeyDer())).toBe(true);
+    expect(split.chainPem).toBe(chain);
+    expect(() => splitKeyAndChain(chain)).toThrow(expect.objectContaining({ code: 'WARD_PKI_PEM_INVALID' }));
   });
 });

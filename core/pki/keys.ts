@@ -61,3 +61,17 @@ export class PrivateKey {
     return 'PrivateKey [redacted]';
   }
 }
+
+/** The PKCS#8 block label, as exportPem() writes it. */
+const KEY_LABEL = 'PRIVATE KEY';
+const KEY_BLOCK = new RegExp(`-----BEGIN ${KEY_LABEL}-----[\\s\\S]*?-----END ${KEY_LABEL}-----\\s*`);
+
+/**
+ * Splits a "chain + key" PEM file (what a node proxy saves as its identity: certificates, then
+ * exportPem()) into the key and the certificate text around it. WARD_PKI_PEM_INVALID without a key.
+ */
+export function splitKeyAndChain(text: string): { key: PrivateKey; chainPem: string } {
+  const block = KEY_BLOCK.exec(text);
+  if (!block) throw new WardError('WARD_PKI_PEM_INVALID', 'no private key in the file');
+  return { key: PrivateKey.from(block[0]), chainPem: text.slice(0, block.index) + text.slice(block.index + block[0].length) };
+}

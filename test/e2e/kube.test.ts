@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parse } from 'yaml';
-import { PrivateKey, createCsr } from '../../core/pki/index.js';
+import { PrivateKey, createCsr, splitKeyAndChain } from '../../core/pki/index.js';
 import { exited, stderrMatch, REPO_ROOT } from '../helpers/cli.js';
 import { runKubectl, startKubeApi, writeKubeconfig, type KubeApiServer, type KubeObject } from '../helpers/kube-api.js';
 
@@ -345,8 +345,8 @@ spec:
   it('a pod moved to another node: the old node can no longer get its certificate', async () => {
     // node-b's own credentials, as its proxy saved them (key 0600 in its state directory).
     const saved = await readFile(join(proxies.b.stateDir, 'node-identity.pem'), 'utf8');
-    const key = /-----BEGIN PRIVATE KEY-----[\s\S]*?-----END PRIVATE KEY-----\n?/.exec(saved)![0];
-    const creds = { cert: saved.replace(key, ''), key };
+    const split = splitKeyAndChain(saved);
+    const creds = { cert: split.chainPem, key: split.key.exportPem() };
     const ask = () => caPost('/v1/issue', { csr: createCsr(PrivateKey.generate(), { uri: API_ID }), identity: API_ID }, creds);
     expect((await ask()).status).toBe(200);
     // The pod is rescheduled: deleted on node-b, recreated on node-a (a new UID, a new IP).
