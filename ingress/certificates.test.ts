@@ -9,15 +9,14 @@ import { once } from 'node:events';
 import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import tls, { type TLSSocket } from 'node:tls';
-import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { ManualClock } from '../core/clock.js';
 import type { Timers } from '../core/control/index.js';
 import { isWardError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
-import { sniClient } from '../test/helpers/sni-client.js';
+import { serveSni, sniClient } from '../test/helpers/sni-client.js';
 import { SpiffeId } from '../core/identity/index.js';
 import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
 import { opensslOk, tempDir } from '../test/helpers/openssl.js';
@@ -141,24 +140,7 @@ async function next<K extends keyof CertificateStoreEvents>(store: CertificateSt
   return (await once(store, event, { signal: AbortSignal.timeout(ms) })) as CertificateStoreEvents[K];
 }
 
-/** A TLS echo server whose certificates come only from the store (no default certificate). */
-async function serve(store: CertificateStore): Promise<number> {
-  const sockets = new Set<TLSSocket>();
-  const server = tls.createServer({ ...TLS, SNICallback: store.sniCallback() }, (s) => {
-    sockets.add(s);
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  server.on('tlsClientError', () => {});
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  onTestFinished(async () => {
-    for (const s of sockets) s.destroy();
-    server.close();
-    await once(server, 'close');
-  });
-  return (server.address() as AddressInfo).port;
-}
+const serve = (store: CertificateStore): Promise<number> => serveSni(store.sniCallback(), TLS);
 
 const { connect, handshake, echo } = sniClient(() => caPem);
 

@@ -9,12 +9,11 @@
 import { X509Certificate } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
-import tls, { type TLSSocket } from 'node:tls';
 import { Registry } from 'prom-client';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
-import { sniClient } from '../test/helpers/sni-client.js';
+import { serveSni, sniClient } from '../test/helpers/sni-client.js';
 import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
 import { kubeConfigFor, startKubeApi, type KubeApiServer, type KubeRequestRecord } from '../test/helpers/kube-api.js';
 import { CertificateStore, type CertificateSource } from './certificates.js';
@@ -119,24 +118,7 @@ async function hostState(kube: KubeSecretCertificates, host: string, state: Secr
   return (await waiting)[0];
 }
 
-/** A TLS echo server whose certificates come only from the store. */
-async function serve(store: CertificateStore): Promise<number> {
-  const sockets = new Set<TLSSocket>();
-  const server = tls.createServer({ ...TLS_OPTIONS, SNICallback: store.sniCallback() }, (s) => {
-    sockets.add(s);
-    s.on('error', () => {});
-    s.pipe(s);
-  });
-  server.on('tlsClientError', () => {});
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  onTestFinished(async () => {
-    for (const s of sockets) s.destroy();
-    server.close();
-    await once(server, 'close');
-  });
-  return (server.address() as AddressInfo).port;
-}
+const serve = (store: CertificateStore): Promise<number> => serveSni(store.sniCallback(), TLS_OPTIONS);
 
 const { connect, handshake, echo } = sniClient(() => pki.rootPem);
 

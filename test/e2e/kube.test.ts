@@ -17,7 +17,7 @@
  * One mesh for the whole file (beforeAll), tests in order; no sleeps: readiness and convergence are
  * polled with vi.waitFor, always bounded. Everything started here is stopped in afterAll.
  */
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { readFile, writeFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { request as httpsRequest } from 'node:https';
 import { request as httpRequest } from 'node:http';
@@ -27,7 +27,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parse } from 'yaml';
 import { PrivateKey, createCsr, splitKeyAndChain } from '../../core/pki/index.js';
-import { exited, stderrMatch, REPO_ROOT } from '../helpers/cli.js';
+import { exited, spawnWardUnmanaged, stderrMatch, REPO_ROOT, type WardChild } from '../helpers/cli.js';
 import { runKubectl, startKubeApi, writeKubeconfig, type KubeApiServer, type KubeObject } from '../helpers/kube-api.js';
 
 const execFileP = promisify(execFile);
@@ -37,18 +37,11 @@ const API_ID = `spiffe://${TD}/ns/shop/sa/api`;
 const REQUEST_MS = 10_000;
 const CONVERGE_MS = 30_000;
 
-type Child = ChildProcessWithoutNullStreams & { output: { stdout: string; stderr: string } };
+type Child = WardChild;
 
 const children: Child[] = [];
 function spawnWard(argv: string[]): Child {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'cli', 'main.ts'), ...argv], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, NODE_OPTIONS: '' },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  }) as Child;
-  child.output = { stdout: '', stderr: '' };
-  child.stdout.setEncoding('utf8').on('data', (s: string) => (child.output.stdout += s));
-  child.stderr.setEncoding('utf8').on('data', (s: string) => (child.output.stderr += s));
+  const child = spawnWardUnmanaged(argv);
   children.push(child);
   return child;
 }

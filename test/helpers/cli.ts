@@ -37,19 +37,30 @@ export async function ward(argv: string[], o: { stdin?: string | Buffer; env?: N
   return { code, stdout: out(), stderr: err() };
 }
 
+export type WardChild = ChildProcessWithoutNullStreams & { output: { stdout: string; stderr: string } };
+
 /**
- * `ward ...argv` as a child process (node + tsx on the TypeScript sources, so no build is needed).
- * Killed with SIGKILL when the test finishes if it is still running.
+ * spawnWard without the per-test cleanup: for processes started in beforeAll and stopped by the
+ * caller (in afterAll). Output is collected in `output`.
  */
-export function spawnWard(argv: string[]): ChildProcessWithoutNullStreams & { output: { stdout: string; stderr: string } } {
+export function spawnWardUnmanaged(argv: string[]): WardChild {
   const child = spawn(process.execPath, ['--import', 'tsx', CLI_MAIN, ...argv], {
     cwd: REPO_ROOT,
     env: { ...process.env, NODE_OPTIONS: '' },
     stdio: ['pipe', 'pipe', 'pipe'],
-  }) as ChildProcessWithoutNullStreams & { output: { stdout: string; stderr: string } };
+  }) as WardChild;
   child.output = { stdout: '', stderr: '' };
   child.stdout.setEncoding('utf8').on('data', (s: string) => (child.output.stdout += s));
   child.stderr.setEncoding('utf8').on('data', (s: string) => (child.output.stderr += s));
+  return child;
+}
+
+/**
+ * `ward ...argv` as a child process (node + tsx on the TypeScript sources, so no build is needed).
+ * Killed with SIGKILL when the test finishes if it is still running.
+ */
+export function spawnWard(argv: string[]): WardChild {
+  const child = spawnWardUnmanaged(argv);
   onTestFinished(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });

@@ -9,7 +9,6 @@
  * tests of a describe, started in beforeAll), when the caller awaits `mesh.close()` (in afterAll).
  * Tests only.
  */
-import { spawn } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
 import { mkdtemp, rm, writeFile, rename } from 'node:fs/promises';
 import { createServer as createHttpServer, request as httpRequest, type Server as HttpServer } from 'node:http';
@@ -18,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { onTestFinished, vi } from 'vitest';
 import { stringify } from 'yaml';
-import { exited, REPO_ROOT, spawnWard, stderrMatch, ward } from './cli.js';
+import { exited, spawnWard, spawnWardUnmanaged, stderrMatch, ward } from './cli.js';
 
 export const TD = 'cluster.local';
 export const IDENTITY_HEADER = 'x-ward-source-identity';
@@ -151,18 +150,6 @@ export interface StartMeshOptions {
   echoDelay?: boolean;
 }
 
-/** spawnWard without the per-test cleanup registration (the 'manual' mesh kills its children in close()). */
-function spawnWardUnmanaged(argv: string[]): Child {
-  const child = spawn(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'cli', 'main.ts'), ...argv], {
-    cwd: REPO_ROOT,
-    env: { ...process.env, NODE_OPTIONS: '' },
-    stdio: ['pipe', 'pipe', 'pipe'],
-  }) as Child;
-  child.output = { stdout: '', stderr: '' };
-  child.stdout.setEncoding('utf8').on('data', (s: string) => (child.output.stdout += s));
-  child.stderr.setEncoding('utf8').on('data', (s: string) => (child.output.stderr += s));
-  return child;
-}
 
 function randomBlock(): string {
   // 127.0.0.0/8 minus the commonly used 127.0.0.x and the example's 127.0.10-30 blocks.

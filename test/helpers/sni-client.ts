@@ -4,7 +4,8 @@
  * the name as a browser does. Sockets are destroyed when the test finishes.
  */
 import { once } from 'node:events';
-import tls, { type TLSSocket } from 'node:tls';
+import type { AddressInfo } from 'node:net';
+import tls, { type SecureContextOptions, type SecureContext, type TLSSocket } from 'node:tls';
 import { onTestFinished } from 'vitest';
 
 export interface SniClient {
@@ -41,4 +42,26 @@ export function sniClient(ca: () => string | Buffer): SniClient {
       return chunk.toString();
     },
   };
+}
+
+/**
+ * A TLS echo server on 127.0.0.1 whose certificates come only from `sni` (a CertificateStore's
+ * sniCallback(): no default certificate). Closed, with its connections, when the test finishes.
+ */
+export async function serveSni(sni: (servername: string, cb: (err: Error | null, ctx?: SecureContext) => void) => void, options: SecureContextOptions): Promise<number> {
+  const sockets = new Set<TLSSocket>();
+  const server = tls.createServer({ ...options, SNICallback: sni }, (s) => {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.pipe(s);
+  });
+  server.on('tlsClientError', () => {});
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  onTestFinished(async () => {
+    for (const s of sockets) s.destroy();
+    server.close();
+    await once(server, 'close');
+  });
+  return (server.address() as AddressInfo).port;
 }
