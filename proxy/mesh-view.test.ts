@@ -9,6 +9,7 @@ import { PolicyInvalidError } from '../core/policy/index.js';
 import { applyFrame, type LocalWorkload, type Resource, type ServiceEndpoints, type ViewState } from '../core/protocol/index.js';
 import { mintPki } from '../test/helpers/pki.js';
 import { MeshView, parseSni, sniFor } from './mesh-view.js';
+import { PrivateKey } from '../core/pki/index.js';
 
 const TD = 'ward.test';
 const idOf = (ns: string, sa: string, td = TD): string => `spiffe://${td}/ns/${ns}/sa/${sa}`;
@@ -133,7 +134,7 @@ describe('MeshView.from: refusals (the whole version is refused)', () => {
     ['workload with the trust domain itself as identity', workload('shop', 'web', { identity: `spiffe://${TD}` }), /is not a workload identity/],
     ['workload with an identity of another trust domain', workload('shop', 'web', { identity: idOf('shop', 'web', 'evil.test') }), /is not a workload identity of ward\.test/],
     ['workload with a non-SPIFFE identity', workload('shop', 'web', { identity: 'shop/web' }), /is not a workload identity/],
-    ['a bundle that is not PEM certificates', bundle(TD, '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n'), /bundle|certificate/i],
+    ['a bundle that is not PEM certificates', bundle(TD, PrivateKey.generate().exportPem()), /bundle|certificate/i],
   ];
 
   it.each(cases)('%s', (_name, resource, message) => {
