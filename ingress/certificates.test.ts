@@ -4,7 +4,6 @@
  * TLS handshakes on 127.0.0.1. Validity is judged on a ManualClock; reloads are awaited as events,
  * never slept for.
  */
-import { X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -18,9 +17,13 @@ import { isWardError } from '../core/errors.js';
 import { createLogger } from '../core/logger.js';
 import { serveSni, sniClient } from '../test/helpers/sni-client.js';
 import { SpiffeId } from '../core/identity/index.js';
-import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
+import { PrivateKey } from '../core/pki/index.js';
 import { opensslOk, tempDir } from '../test/helpers/openssl.js';
+import { serverNamePki } from '../test/helpers/pki.js';
 import { CertificateStore, INTERNAL_SOURCE, MAX_CERTIFICATE_FILE_BYTES, type CertificateSource, type CertificateStoreEvents, type CertificateStoreOptions } from './certificates.js';
+
+/** A PKCS#8 PEM block whose body is garbage (made from a fresh key, so no key text lives in the source). */
+const unreadableKeyPem = (): string => PrivateKey.generate().exportPem().replace(/\n[A-Za-z0-9+/=\n]+\n(?=-----END)/, '\nAAAA\n');
 
 const DAY = 86_400_000;
 const TLS = { minVersion: 'TLSv1.2' } as const;
@@ -346,7 +349,7 @@ describe('CertificateStore: reloading from disk', () => {
     },
     {
       name: 'a garbage key file',
-      write: (src) => replaceAtomically(src.keyFile, '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n'),
+      write: (src) => replaceAtomically(src.keyFile, unreadableKeyPem()),
       file: 'keyFile',
       reason: /^not a readable unencrypted PEM private key/,
     },
@@ -552,35 +555,15 @@ describe('CertificateStore: internal-name certificates (provide)', () => {
   const HOST = 'svc.internal.example';
   const WILD = '*.apps.internal.example';
 
-  /**
-   * A Ward hierarchy (what the CA's LeafSigner.signServerName issues for the ingress), on the real
-   * clock: the store judges dates on a ManualClock at the real time, and handshakes run on real time.
-   */
+  /** A Ward hierarchy (test/helpers/pki serverNamePki), plus an X.509-SVID from the same intermediate. */
   function wardPki() {
-    const now = Date.now();
-    const rootKey = PrivateKey.generate();
-    const intKey = PrivateKey.generate();
-    const window = { notBefore: new Date(now - DAY), notAfter: new Date(now + 30 * DAY) };
-    const root = createRoot({ key: rootKey, trustDomain: 'example.org', ...window });
-    const inter = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: 'example.org', ...window });
-    const signer = new LeafSigner({ cert: inter, key: intKey });
-    /** A chain (leaf + intermediate) and key, as the ingress's IdentityManager hands them over. */
-    const issue = (names: string[], o: { from?: number; until?: number } = {}) => {
-      const key = PrivateKey.generate();
-      const leaf = signer.signServerName({
-        publicKeyDer: key.publicKeyDer(),
-        dnsNames: names,
-        notBefore: new Date(o.from ?? now - 60_000),
-        notAfter: new Date(o.until ?? now + 3_600_000),
-      });
-      return { chainPem: leaf.pem() + inter.pem, keyPem: key.exportPem(), leafPem: leaf.pem(), fingerprint: new X509Certificate(leaf.der).fingerprint256 };
-    };
+    const pki = serverNamePki();
     const svid = () => {
       const key = PrivateKey.generate();
-      const leaf = signer.sign({ publicKeyDer: key.publicKeyDer(), id: SpiffeId.workload('example.org', 'shop', 'web'), notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) });
-      return { chainPem: leaf.pem() + inter.pem, keyPem: key.exportPem() };
+      const leaf = pki.signer.sign({ publicKeyDer: key.publicKeyDer(), id: SpiffeId.workload('example.org', 'shop', 'web'), notBefore: new Date(pki.now - 60_000), notAfter: new Date(pki.now + 3_600_000) });
+      return { chainPem: leaf.pem() + pki.inter.pem, keyPem: key.exportPem() };
     };
-    return { now, root, inter, issue, svid };
+    return { ...pki, svid };
   }
 
   /** Fingerprint the client saw verifying against Ward's root (not the test CA), or the handshake error. */
@@ -733,7 +716,7 @@ describe('CertificateStore: internal-name certificates (provide)', () => {
     },
     {
       name: 'a key that is not PEM',
-      make: (pki) => ({ chainPem: pki.issue([HOST]).chainPem, keyPem: '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n' }),
+      make: (pki) => ({ chainPem: pki.issue([HOST]).chainPem, keyPem: unreadableKeyPem() }),
       reason: /^not a readable unencrypted PEM private key/,
     },
   ];

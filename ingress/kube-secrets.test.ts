@@ -6,7 +6,6 @@
  * No sleeps: every wait is for an event (the store's loaded/refused, this class's host/synced/
  * retrying, or the API server's nextRequest), bounded by a timeout.
  */
-import { X509Certificate } from 'node:crypto';
 import { EventEmitter, once } from 'node:events';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
 import { Registry } from 'prom-client';
@@ -14,7 +13,7 @@ import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { ManualClock } from '../core/clock.js';
 import { createLogger } from '../core/logger.js';
 import { serveSni, sniClient } from '../test/helpers/sni-client.js';
-import { createIntermediate, createRoot, LeafSigner, PrivateKey } from '../core/pki/index.js';
+import { serverNamePki } from '../test/helpers/pki.js';
 import { kubeConfigFor, startKubeApi, type KubeApiServer, type KubeRequestRecord } from '../test/helpers/kube-api.js';
 import { CertificateStore, type CertificateSource } from './certificates.js';
 import { KubeSecretCertificates, TLS_SECRET_FIELD_SELECTOR, type KubeSecretCertificatesOptions, type SecretHostStatus } from './kube-secrets.js';
@@ -23,25 +22,8 @@ const NS = 'ward-system';
 const SHOP = 'shop.example.com';
 const TLS_OPTIONS = { minVersion: 'TLSv1.2' } as const;
 const WAIT_MS = 10_000;
-const DAY = 86_400_000;
 
-/** A Ward hierarchy for the run; `issue` makes a server certificate (leaf + intermediate) and key. */
-function makePki() {
-  const now = Date.now();
-  const rootKey = PrivateKey.generate();
-  const intKey = PrivateKey.generate();
-  const window = { notBefore: new Date(now - DAY), notAfter: new Date(now + 30 * DAY) };
-  const root = createRoot({ key: rootKey, trustDomain: 'example.org', ...window });
-  const inter = createIntermediate({ issuer: { cert: root, key: rootKey }, publicKey: intKey.publicKey, trustDomain: 'example.org', ...window });
-  const signer = new LeafSigner({ cert: inter, key: intKey });
-  const issue = (names: string[]) => {
-    const key = PrivateKey.generate();
-    const leaf = signer.signServerName({ publicKeyDer: key.publicKeyDer(), dnsNames: names, notBefore: new Date(now - 60_000), notAfter: new Date(now + 3_600_000) });
-    return { cert: leaf.pem() + inter.pem, key: key.exportPem(), fingerprint: new X509Certificate(leaf.der).fingerprint256 };
-  };
-  return { rootPem: root.pem, issue };
-}
-const pki = makePki();
+const pki = serverNamePki();
 type Pair = ReturnType<typeof pki.issue>;
 
 const b64 = (s: string): string => Buffer.from(s).toString('base64');
@@ -52,7 +34,7 @@ function tlsSecret(name: string, pair: Pair, o: { namespace?: string; type?: str
     kind: 'Secret',
     metadata: { name, namespace: o.namespace ?? NS },
     type: o.type ?? 'kubernetes.io/tls',
-    data: o.data ?? { 'tls.crt': b64(pair.cert), 'tls.key': b64(pair.key) },
+    data: o.data ?? { 'tls.crt': b64(pair.chainPem), 'tls.key': b64(pair.keyPem) },
   };
 }
 
@@ -181,8 +163,8 @@ describe('KubeSecretCertificates: serving TLS Secrets', () => {
     expect(logs.filter((l) => l.msg === 'loaded certificate')).toEqual([expect.objectContaining({ host: SHOP, file: `Secret ${NS}/shop-tls` })]);
     const text = rawLogs.join('');
     expect(text).not.toMatch(/PRIVATE KEY|BEGIN/);
-    expect(text).not.toContain(b64(shop.key).slice(0, 40));
-    expect(text).not.toContain(b64(shop.cert).slice(0, 40));
+    expect(text).not.toContain(b64(shop.keyPem).slice(0, 40));
+    expect(text).not.toContain(b64(shop.chainPem).slice(0, 40));
     expectOnlyOwnNamespace(api);
   });
 
@@ -249,9 +231,9 @@ describe('KubeSecretCertificates: serving TLS Secrets', () => {
     expect(kube.problems()).toEqual([]);
 
     // Keys missing, or not base64: judged here, and the old one still serves.
-    api.update(tlsSecret('shop-tls', good, { data: { 'tls.crt': b64(good.cert) } }));
+    api.update(tlsSecret('shop-tls', good, { data: { 'tls.crt': b64(good.chainPem) } }));
     expect((await until<[SecretHostStatus]>(kube as unknown as EventEmitter, 'host', (s) => s.reason?.includes('has no tls.key') === true))[0].state).toBe('stale');
-    api.update(tlsSecret('shop-tls', good, { data: { 'tls.crt': '%%%', 'tls.key': b64(good.key) } }));
+    api.update(tlsSecret('shop-tls', good, { data: { 'tls.crt': '%%%', 'tls.key': b64(good.keyPem) } }));
     await until<[SecretHostStatus]>(kube as unknown as EventEmitter, 'host', (s) => s.reason?.includes('tls.crt is not base64') === true);
     expect(await handshake(port, SHOP)).toBe(good.fingerprint);
 
@@ -273,7 +255,7 @@ describe('KubeSecretCertificates: serving TLS Secrets', () => {
     const pair = pki.issue(['a.example.com']);
     const { store, kube, logs } = await setup({
       before: (a) => {
-        a.create(tlsSecret('no-key', pair, { data: { 'tls.crt': b64(pair.cert) } }));
+        a.create(tlsSecret('no-key', pair, { data: { 'tls.crt': b64(pair.chainPem) } }));
         a.create(tlsSecret('opaque', pair, { type: 'Opaque' }));
       },
     });
